@@ -1,0 +1,33 @@
+"""unimodal_jax: pretraining early-fusion multimodal token models (Chameleon, MoT) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="unimodal_jax",
+    version="0.1.0",
+    description="JAX/Flax framework for pretraining early-fusion multimodal token models at TPU-pod scale",
+    python_requires=">=3.11",
+    packages=find_packages(include=["unimodal_jax", "unimodal_jax.*"]),
+    install_requires=[
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "grain>=0.2.18,<0.3",
+        "array-record>=0.8.6,<0.9",
+        "tensorflow-datasets>=4.9.10,<5",
+        "ml-collections>=1.1.0,<2",
+        "numpy>=2.0,<3",
+        "absl-py>=2.1,<3",
+        "tokenizers>=0.22,<0.24",
+        "scikit-image>=0.25,<0.27",
+        "tensorboardX>=2.6,<3",
+        "matplotlib>=3.9,<4",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+        # Install torch==2.13.0 first (CPU build from local disk); this range then adds nothing.
+        "torch": ["torch>=2.9,<2.15", "transformers>=5.0,<6", "safetensors>=0.5,<1"],
+    },
+    entry_points={"console_scripts": ["unimodal-train=unimodal_jax.train.main:run"]},
+)
