@@ -28,6 +28,7 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 NORM_ORDERS = ("pre", "swin")
 QK_NORMS = ("none", "layernorm", "rmsnorm")
 DTYPES = ("float32", "bfloat16", "float16")
+VQ_KINDS = ("kmeans", "vqgan")  # "vqgan" runs read codes that were tokenized offline
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,7 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.vocab.text_size = 1024  # text ids incl. <pad>=0, <bos>=1, <eos>=2; <boi>, <eoi>, codes follow
 
   c.vq = ml_collections.ConfigDict()
-  c.vq.kind = "kmeans"  # k-means patch codebook (unimodal_jax/vq/kmeans.py)
+  c.vq.kind = "kmeans"  # "kmeans": patch codebook (unimodal_jax/vq/kmeans.py); "vqgan": the learned tokenizer
+  # codes per image: (image_size // patch_size) ** 2 (patch_size = the VQGAN downsampling factor)
   c.vq.image_size = 64  # images are resized to image_size x image_size
   c.vq.patch_size = 8  # one code per patch: (image_size // patch_size) ** 2 codes per image
   c.vq.num_codes = 256
@@ -94,3 +96,68 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
   return c
+
+
+class ConfigError(ValueError):
+  """A config value that cannot run; the message names the key and the offending values."""
+
+
+def _check(ok: bool, key: str, message: str):
+  if not ok:
+    raise ConfigError(f"config.{key}: {message}")
+
+
+def image_tokens_per_image(config) -> int:
+  """Stream length of one image: <boi> + codes + <eoi>."""
+  return (config.vq.image_size // config.vq.patch_size) ** 2 + 2
+
+
+def validate(config, num_devices: int, process_count: int = 1):
+  """Raise ConfigError for any setting that cannot run on `num_devices` devices; return the mesh shape."""
+  from unimodal_jax.data.vocab import from_config  # local: data.vocab is independent of config
+  from unimodal_jax.parallel.mesh import mesh_shape
+
+  m, d, t = config.model, config.data, config.train
+  _check(m.norm_order in NORM_ORDERS, "model.norm_order", f"{m.norm_order!r} is not one of {NORM_ORDERS}")
+  _check(m.qk_norm in QK_NORMS, "model.qk_norm", f"{m.qk_norm!r} is not one of {QK_NORMS}")
+  _check(m.remat_policy in REMAT_POLICIES, "model.remat_policy", f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
+  _check(config.vq.kind in VQ_KINDS, "vq.kind", f"{config.vq.kind!r} is not one of {VQ_KINDS}")
+  _check(config.data.source != "embedded" or config.vq.kind == "kmeans", "vq.kind",
+         f"data.source='embedded' tokenizes its images with the k-means codebook, got {config.vq.kind!r}")
+  _check(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
+  for key in ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
+    _check(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
+  _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
+         f"num_heads={m.num_heads} is not divisible by num_kv_heads={m.num_kv_heads}")
+  _check(m.head_dim % 2 == 0, "model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}")
+  _check(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
+
+  try:
+    vocab = from_config(config)
+  except ValueError as e:
+    raise ConfigError(f"config.vocab / config.vq: {e}") from e
+  _check(m.vocab_size >= vocab.size, "model.vocab_size",
+         f"{m.vocab_size} is smaller than the unified vocabulary ({vocab.text_size} text ids + <boi>, <eoi> + "
+         f"{vocab.num_image_codes} image codes = {vocab.size})")
+  _check(config.vq.image_size % config.vq.patch_size == 0, "vq.image_size",
+         f"{config.vq.image_size} is not a multiple of vq.patch_size={config.vq.patch_size}")
+  per_image = image_tokens_per_image(config)
+  _check(d.seq_len >= per_image, "data.seq_len",
+         f"{d.seq_len} cannot hold one image of {per_image} tokens (<boi> + codes + <eoi>); images are never split")
+
+  try:
+    data, fsdp, tensor = mesh_shape(config.mesh, num_devices)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+  batch_shards = data * fsdp
+  _check(t.batch_size % batch_shards == 0, "train.batch_size",
+         f"{t.batch_size} is not divisible by the data-parallel size mesh.data*mesh.fsdp = {data}*{fsdp}")
+  _check(t.batch_size % process_count == 0, "train.batch_size",
+         f"{t.batch_size} is not divisible by the process count {process_count}")
+  for key, size in (("num_heads", m.num_heads), ("num_kv_heads", m.num_kv_heads), ("mlp_dim", m.mlp_dim),
+                    ("vocab_size", m.vocab_size)):
+    _check(size % tensor == 0, f"model.{key}", f"{size} is not divisible by mesh.tensor={tensor}")
+  _check(m.embed_dim % fsdp == 0, "model.embed_dim", f"{m.embed_dim} is not divisible by mesh.fsdp={fsdp}")
+  _check(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
+  _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {config.optim.warmup_steps}")
+  return data, fsdp, tensor

@@ -1,0 +1,30 @@
+"""Demo: a small early-fusion model on the embedded dataset (pydoc prose + scikit-image photos), CPU.
+
+  unimodal-train --config configs/demo.py --workdir runs/demo
+
+Expected on 2 CPU cores: ~4 minutes for 300 steps; loss falls from ~7.2 to below ~3.
+"""
+from unimodal_jax.config import default_config
+
+
+def get_config():
+  c = default_config()
+  c.vocab.text_size = 1024
+  c.vq.image_size = 64
+  c.vq.patch_size = 8  # 8x8 = 64 codes per image
+  c.vq.num_codes = 256
+  c.data.seq_len = 256
+  c.model.vocab_size = 1408
+  c.model.num_layers = 4
+  c.model.embed_dim = 256
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 4
+  c.model.head_dim = 64
+  c.model.mlp_dim = 768
+  c.train.batch_size = 16
+  c.train.num_steps = 300
+  c.train.log_every = 10
+  c.train.checkpoint_every = 100
+  c.optim.learning_rate = 3e-3
+  c.optim.warmup_steps = 20
+  return c

@@ -1,0 +1,199 @@
+"""The embedded default dataset: real text and images that ship inside installed packages, nothing downloaded.
+
+Text is the standard library's `pydoc_data.topics`; images are scikit-image's bundled samples with
+hand-written captions. `prepare` fits both tokenizers on them and writes tokenized documents as ArrayRecord
+shards (format: `data/documents.py`) plus the tokenizers, once per config.
+"""
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import pydoc_data.topics
+import skimage.color
+import skimage.data
+import skimage.transform
+import skimage.util
+
+from unimodal_jax.data import documents
+from unimodal_jax.data import tokenizer as tokenizer_lib
+from unimodal_jax.data import vocab as vocab_lib
+from unimodal_jax.vq import kmeans
+
+BUILD_VERSION = 1  # bump when the documents built from the same config change
+NUM_SHARDS = 4
+KINDS = ("text", "caption_image", "image_caption", "interleaved")
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.json"
+CODEBOOK_FILE = "codebook.npz"
+IMAGES_PER_INTERLEAVED = 3
+INTERLEAVED_INTRO = "Pictures from the scikit-image sample collection, each followed by its caption."
+CROP = 0.85  # side of the zoomed variant, as a fraction of the centre square
+
+# (skimage.data loader, index into its result or None, caption true of the centre square and its variants)
+IMAGES = (
+    ("astronaut", None, "An astronaut in an orange spacesuit smiling, with a model of the space shuttle behind her."),
+    ("brick", None, "A grayscale photo of a brick wall."),
+    ("camera", None, "A grayscale photo of a man in a dark coat looking through a camera on a tripod."),
+    ("cell", None, "A grayscale microscope image of a single round cell."),
+    ("checkerboard", None, "A black and white checkerboard."),
+    ("chelsea", None, "A close-up of a ginger tabby cat's face."),
+    ("clock", None, "A motion-blurred grayscale photo of a wall clock."),
+    ("coffee", None, "A cup of coffee on a red saucer with a spoon, on a wooden table."),
+    ("coins", None, "A grayscale photo of rows of old coins on a dark background."),
+    ("colorwheel", None, "A color wheel: a disc of rainbow hues that fade to white at its center, on black."),
+    ("grass", None, "A grayscale close-up of grass."),
+    ("gravel", None, "A grayscale close-up of gravel."),
+    ("horse", None, "A black silhouette of a standing horse on a white background."),
+    ("hubble_deep_field", None, "The Hubble Deep Field: many small, faint galaxies on a black sky."),
+    ("immunohistochemistry", None, "A microscope image of tissue stained brown and blue."),
+    ("logo", None, "The scikit-image logo: a snake in a circle of green and orange."),
+    ("microaneurysms", None, "A grayscale close-up of a retina, with thin dark blood vessels."),
+    ("moon", None, "A grayscale photo of the surface of the Moon."),
+    ("page", None, "A grayscale photo of a page of printed English text."),
+    ("retina", None, "A color photo of the back of a human eye: an orange-red retina with branching blood vessels."),
+    ("rocket", None, "A white rocket standing on its launch pad at night."),
+    ("shepp_logan_phantom", None, "The Shepp-Logan phantom: grey ellipses inside a white oval on black, a test image "
+     "for CT scans."),
+    ("text", None, "A grayscale photo of handwritten mathematical formulas."),
+    ("stereo_motorcycle", 0, "A red motorcycle parked in a garage."),
+    ("lfw_subset", 0, "A small grayscale photo of a man's face with his mouth open."),
+    ("lfw_subset", 1, "A small grayscale photo of a smiling man's face."),
+    ("lfw_subset", 3, "A small grayscale photo of a man's face, seen from the front."),
+    ("lfw_subset", 6, "A small grayscale photo of an older man's face."),
+)
+
+
+def texts() -> list[str]:
+  """The text corpus: pydoc topics in sorted topic order."""
+  return [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
+
+
+def _rgb_float(image: np.ndarray) -> np.ndarray:
+  """Any skimage sample (bool, gray, RGB, RGBA; uint8 or float) -> float [H, W, 3] in [0, 1]."""
+  image = skimage.util.img_as_float(image)
+  if image.ndim == 2:
+    return skimage.color.gray2rgb(image)
+  return skimage.color.rgba2rgb(image) if image.shape[-1] == 4 else image
+
+
+def _square(image: np.ndarray, fraction: float, image_size: int) -> np.ndarray:
+  """The centred square of side fraction * min(H, W), resized to image_size -> uint8."""
+  h, w = image.shape[:2]
+  side = int(round(min(h, w) * fraction))
+  top, left = (h - side) // 2, (w - side) // 2
+  crop = image[top:top + side, left:left + side]
+  resized = skimage.transform.resize(crop, (image_size, image_size), anti_aliasing=side > image_size)
+  return skimage.util.img_as_ubyte(np.clip(resized, 0.0, 1.0))
+
+
+def load_images(image_size: int) -> tuple[np.ndarray, list[str]]:
+  """uint8 [4 * len(IMAGES), image_size, image_size, 3] and the caption of each.
+
+  Per sample: the centre square, its mirror image, a CROP zoom, and the zoom mirrored.
+  """
+  images, captions = [], []
+  for name, index, caption in IMAGES:
+    image = getattr(skimage.data, name)()
+    image = _rgb_float(image if index is None else image[index])
+    full, zoom = _square(image, 1.0, image_size), _square(image, CROP, image_size)
+    images += [full, full[:, ::-1], zoom, zoom[:, ::-1]]
+    captions += [caption] * 4
+  return np.stack(images), captions
+
+
+def build_documents(text_tok: tokenizer_lib.TextTokenizer, codes: np.ndarray, captions: list[str],
+                    vocab: vocab_lib.Vocab, seed: int) -> list[documents.Document]:
+  """All four KINDS of documents, in a seeded random order; `codes` [N, grid, grid] pairs with `captions`."""
+  bos, eos = np.array([vocab_lib.BOS_ID], np.int32), np.array([vocab_lib.EOS_ID], np.int32)
+  text_ids = {c: text_tok.encode(c) for c in set(captions)}
+  image_ids = [vocab.image_tokens(c) for c in codes]
+
+  def doc(kind, *parts):
+    return documents.Document(kind, np.concatenate([bos, *parts, eos]).astype(np.int32))
+
+  docs = [doc("text", text_tok.encode(t)) for t in texts()]
+  for image, caption in zip(image_ids, captions):
+    docs.append(doc("caption_image", text_ids[caption], image))
+    docs.append(doc("image_caption", image, text_ids[caption]))
+  rng = np.random.default_rng(seed)
+  order = rng.permutation(len(captions))
+  intro = text_tok.encode(INTERLEAVED_INTRO)
+  for start in range(0, len(order) - IMAGES_PER_INTERLEAVED + 1, IMAGES_PER_INTERLEAVED):
+    group = order[start:start + IMAGES_PER_INTERLEAVED]
+    docs.append(doc("interleaved", intro, *[p for i in group for p in (image_ids[i], text_ids[captions[i]])]))
+  return [docs[i] for i in rng.permutation(len(docs))]
+
+
+def _build_key(config) -> str:
+  """Hash of every config value the shards depend on (not data.seq_len: splitting happens at load time)."""
+  keys = {"build_version": BUILD_VERSION, "seed": config.seed, "vocab.text_size": config.vocab.text_size,
+          "vq.kind": config.vq.kind, "vq.image_size": config.vq.image_size, "vq.patch_size": config.vq.patch_size,
+          "vq.num_codes": config.vq.num_codes}
+  return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+
+
+def shard_names() -> list[str]:
+  return [f"train-{i:05d}-of-{NUM_SHARDS:05d}.array_record" for i in range(NUM_SHARDS)]
+
+
+def _ready(data_dir: str, key: str) -> bool:
+  try:
+    with open(os.path.join(data_dir, MANIFEST)) as f:
+      manifest = json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return False
+  names = [TOKENIZER_FILE, CODEBOOK_FILE, *shard_names()]
+  return manifest.get("key") == key and all(os.path.exists(os.path.join(data_dir, n)) for n in names)
+
+
+def _build(config, out_dir: str) -> dict:
+  """Writes tokenizer, codebook and shards into out_dir; returns the manifest's summary of them."""
+  if config.vq.kind != "kmeans":
+    raise ValueError(f"vq.kind={config.vq.kind!r}: the embedded dataset builds only a 'kmeans' codebook")
+  vocab = vocab_lib.from_config(config)
+  text_tok = tokenizer_lib.TextTokenizer.train(texts(), config.vocab.text_size)
+  text_tok.check_fits(vocab)
+  images, captions = load_images(config.vq.image_size)
+  image_tok = kmeans.KMeansTokenizer.fit(images, config.vq.num_codes, config.vq.patch_size, config.seed)
+  docs = build_documents(text_tok, image_tok.encode(images), captions, vocab, config.seed)
+  text_tok.save(os.path.join(out_dir, TOKENIZER_FILE))
+  image_tok.save(os.path.join(out_dir, CODEBOOK_FILE))
+  documents.write_shards(docs, [os.path.join(out_dir, n) for n in shard_names()])
+  return {"documents": {k: sum(d.kind == k for d in docs) for k in KINDS},
+          "tokens": int(sum(len(d.tokens) for d in docs)), "text_tokenizer_size": text_tok.size}
+
+
+def prepare(config, data_dir: str) -> list[str]:
+  """Train shard paths in data_dir, built on the first call for this config and reused afterwards.
+
+  The build goes to a temporary folder; files move into data_dir and the manifest is written last, so an
+  interrupted build is never taken for a finished one.
+  """
+  os.makedirs(data_dir, exist_ok=True)
+  key = _build_key(config)
+  paths = [os.path.join(data_dir, n) for n in shard_names()]
+  if _ready(data_dir, key):
+    return paths
+  manifest_path = os.path.join(data_dir, MANIFEST)
+  if os.path.exists(manifest_path):
+    os.remove(manifest_path)
+  tmp = tempfile.mkdtemp(prefix=".build-", dir=data_dir)
+  try:
+    summary = _build(config, tmp)
+    for name in [TOKENIZER_FILE, CODEBOOK_FILE, *shard_names()]:
+      os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+      json.dump({"key": key, "shards": shard_names(), **summary}, f, indent=2)
+    os.replace(os.path.join(tmp, MANIFEST), manifest_path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return paths
+
+
+def load_tokenizers(data_dir: str, vocab: vocab_lib.Vocab | None = None):
+  """(TextTokenizer, KMeansTokenizer) saved by `prepare`; with `vocab`, checks the text ids fit it."""
+  text_tok = tokenizer_lib.TextTokenizer.load(os.path.join(data_dir, TOKENIZER_FILE), vocab)
+  return text_tok, kmeans.KMeansTokenizer.load(os.path.join(data_dir, CODEBOOK_FILE))

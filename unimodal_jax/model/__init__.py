@@ -1,0 +1,1 @@
+"""The model: the early-fusion transformer and its loss."""

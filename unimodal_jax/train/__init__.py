@@ -1,0 +1,1 @@
+"""Training: optimizer and sharded state, the train step, checkpoints, metrics and the CLI loop."""

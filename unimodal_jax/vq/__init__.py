@@ -1,0 +1,1 @@
+"""Image tokenizers: images to grids of discrete codes and back, run offline before pretraining."""
