@@ -13,6 +13,8 @@ def get_config():
   c.vq.image_size = 512
   c.vq.patch_size = 16  # the VQGAN's downsampling factor: 32x32 codes
   c.vq.num_codes = 8192
+  c.data.source = "shards"
+  c.data.dir = ""  # set on the command line: --config.data.dir=<tokenized shards>
   c.data.seq_len = 4096
   c.model.vocab_size = 65536
   c.model.num_layers = 32

@@ -28,6 +28,10 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
 NORM_ORDERS = ("pre", "swin")
 QK_NORMS = ("none", "layernorm", "rmsnorm")
 DTYPES = ("float32", "bfloat16", "float16")
+DATA_SOURCES = (
+    "embedded",  # the bundled dataset, built on first use (unimodal_jax/data/embedded.py)
+    "shards",  # tokenized-document ArrayRecord shards (unimodal_jax/data/documents.py) in data.dir
+)
 VQ_KINDS = ("kmeans", "vqgan")  # "vqgan" runs read codes that were tokenized offline
 
 
@@ -46,8 +50,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.vq.num_codes = 256
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "embedded"  # the bundled dataset (unimodal_jax/data/embedded.py)
-  c.data.dir = ""  # where shards live; "" = <workdir>/data
+  c.data.source = "embedded"  # one of DATA_SOURCES
+  c.data.dir = ""  # where shards live; for "embedded", "" = <workdir>/data
   c.data.seq_len = 256
   c.data.shuffle = True
   c.data.loss_weight_text = 1.0
@@ -122,6 +126,8 @@ def validate(config, num_devices: int, process_count: int = 1):
   _check(m.qk_norm in QK_NORMS, "model.qk_norm", f"{m.qk_norm!r} is not one of {QK_NORMS}")
   _check(m.remat_policy in REMAT_POLICIES, "model.remat_policy", f"{m.remat_policy!r} is not one of {REMAT_POLICIES}")
   _check(config.vq.kind in VQ_KINDS, "vq.kind", f"{config.vq.kind!r} is not one of {VQ_KINDS}")
+  _check(d.source in DATA_SOURCES, "data.source", f"{d.source!r} is not one of {DATA_SOURCES}")
+  _check(d.source != "shards" or d.dir, "data.dir", "data.source='shards' needs the directory of its shards")
   _check(config.data.source != "embedded" or config.vq.kind == "kmeans", "vq.kind",
          f"data.source='embedded' tokenizes its images with the k-means codebook, got {config.vq.kind!r}")
   _check(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")

@@ -2,7 +2,7 @@
 
 Reads top to bottom; every piece it calls lives in data/, model/, parallel/ or train/.
 """
-import json
+import glob
 import os
 import time
 
@@ -19,10 +19,12 @@ from unimodal_jax.train import checkpoint, metrics as metrics_lib, state as stat
 
 def data_paths(config, workdir: str) -> list[str]:
   """Shards of `config.data.source`, prepared on first use."""
-  data_dir = config.data.dir or os.path.join(workdir, "data")
-  if config.data.source != "embedded":
-    raise config_lib.ConfigError(f"config.data.source: unknown source {config.data.source!r}; known: 'embedded'")
-  return embedded.prepare(config, data_dir)
+  if config.data.source == "embedded":
+    return embedded.prepare(config, config.data.dir or os.path.join(workdir, "data"))
+  paths = sorted(glob.glob(os.path.join(config.data.dir, "*.array_record*")))
+  if not paths:
+    raise FileNotFoundError(f"config.data.dir={config.data.dir!r} holds no *.array_record shards")
+  return paths
 
 
 def host_metrics(metrics: dict) -> dict:

@@ -72,11 +72,12 @@ def _lloyd(points: np.ndarray, centers: np.ndarray, iters: int) -> np.ndarray:
       break
     ids = new_ids
     counts = np.bincount(ids, minlength=len(centers))
-    sums = np.zeros_like(centers, dtype=np.float64)
-    np.add.at(sums, ids, points)
     used = counts > 0
+    order = np.argsort(ids, kind="stable")
+    starts = (np.cumsum(counts) - counts)[used]
+    sums = np.add.reduceat(points[order].astype(np.float64), starts, axis=0)
     centers = centers.copy()
-    centers[used] = (sums[used] / counts[used, None]).astype(np.float32)
+    centers[used] = (sums / counts[used, None]).astype(np.float32)
     # An empty code takes the worst-fitted patches: deterministic, and keeps every code in use.
     empty = np.flatnonzero(~used)
     centers[empty] = points[np.argsort(-dist, kind="stable")[:len(empty)]]
