@@ -30,7 +30,7 @@ def train_step(state: TrainState, batch: PackedBatch, *, model, tx, vocab, confi
   (_, metrics), grads = grad_fn(state.params, batch)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  metrics["grad_norm"] = optax.tree.norm(grads)
   metrics["lr"] = schedule(state.step)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
