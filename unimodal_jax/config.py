@@ -57,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.loss_weight_text = 1.0
   c.data.loss_weight_image = 1.0
   c.data.worker_count = 0
+  c.data.read_threads = 0  # threads reading records per process; 0 = in the pipeline's thread (fastest on local disk)
 
   c.model = ml_collections.ConfigDict()
   c.model.vocab_size = 1408  # >= vocab size; padded so 'tensor' can divide it

@@ -58,13 +58,10 @@ def write_shards(documents: Sequence[Document], paths: Sequence[str]) -> None:
 
 
 def _locate(paths: Sequence[str], index: int) -> str:
-  """"<file> record <i>" for a global record index of ArrayRecordDataSource(paths); used on errors only."""
-  for path in paths:
-    count = len(grain.sources.ArrayRecordDataSource([path]))
-    if index < count:
-      return f"{path} record {index}"
-    index -= count
-  return f"record {index} past the end of {list(paths)}"
+  """Names global record `index` of ArrayRecordDataSource(paths) as "<file> record <i>"; for errors only."""
+  ends = np.cumsum([len(grain.sources.ArrayRecordDataSource([p])) for p in paths])
+  i = int(np.searchsorted(ends, index, side="right"))
+  return f"{paths[i]} record {index - (ends[i - 1] if i else 0)}"
 
 
 def _decode_at(paths: Sequence[str], index: int, record: bytes) -> Document:

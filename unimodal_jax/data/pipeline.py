@@ -29,8 +29,9 @@ def process_batch_size(config, process_count: int) -> int:
 def make_dataset(config, paths: Sequence[str], *, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
   """Endless PackedBatches of [train.batch_size // process_count, data.seq_len] for one process.
 
-  Process i reads records i, i + process_count, ... (disjoint shares); the order is a function of
-  `config.seed` alone, and iterators resume exactly with get_state/set_state.
+  Process i reads records i, i + process_count, ... (disjoint shares). The stream is a function of
+  `config.seed` and `data.worker_count` (each worker packs its own slice of the record stream), and
+  iterators resume exactly with get_state/set_state.
   """
   batch_size = process_batch_size(config, process_count)
   ds = documents.read_documents(paths)[process_index::process_count]
@@ -39,7 +40,11 @@ def make_dataset(config, paths: Sequence[str], *, process_index: int = 0, proces
   ds = ds.seed(config.seed)
   if config.data.shuffle:
     ds = ds.shuffle()
-  ds = ds.repeat().map(_tokens).to_iter_dataset()
+  # Not grain's default of 16 threads and 500 buffered records: it rescans that buffer for every record,
+  # which costs ~2x the throughput on local disk.
+  threads = config.data.read_threads
+  read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=8 * threads)
+  ds = ds.repeat().map(_tokens).to_iter_dataset(read_options)
   ds = packing.pack(ds, vocab=vocab_lib.from_config(config), seq_len=config.data.seq_len, batch_size=batch_size,
                     loss_weight_text=config.data.loss_weight_text, loss_weight_image=config.data.loss_weight_image)
   if config.data.worker_count > 0:
@@ -55,7 +60,8 @@ def pack_documents(docs: Sequence[np.ndarray], vocab: vocab_lib.Vocab, seq_len: 
 
   The last batch may have fewer than `batch_size` rows.
   """
-  source = grain.MapDataset.source([np.asarray(d, dtype=np.int32) for d in docs]).to_iter_dataset()
+  source = grain.MapDataset.source([np.asarray(d, dtype=np.int32) for d in docs])
+  source = source.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
   ds = packing.pack(source, vocab=vocab, seq_len=seq_len, batch_size=batch_size, loss_weight_text=loss_weight_text,
                     loss_weight_image=loss_weight_image, drop_remainder=False)
   return iter(ds)

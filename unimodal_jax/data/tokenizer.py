@@ -19,7 +19,8 @@ class TextTokenizer:
     specials = [tokenizer.token_to_id(t) for t in vocab_lib.TEXT_SPECIAL_TOKENS]
     expected = [vocab_lib.PAD_ID, vocab_lib.BOS_ID, vocab_lib.EOS_ID]
     if specials != expected:
-      raise ValueError(f"text tokenizer {source}: {vocab_lib.TEXT_SPECIAL_TOKENS} have ids {specials}, expected {expected}")
+      raise ValueError(f"text tokenizer {source}: {vocab_lib.TEXT_SPECIAL_TOKENS} have ids {specials}, "
+                       f"expected {expected}")
     tokenizer.encode_special_tokens = True  # not saved in the json, so set on every load
     self._tokenizer = tokenizer
     self.source = source
