@@ -178,7 +178,9 @@ class Transformer(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     embedding = _param(self, "embedding", nn.initializers.normal(0.02), (c.vocab_size, c.embed_dim), ("vocab", "embed"))
-    x = jnp.take(embedding, batch.tokens, axis=0).astype(dtype)
+    # Gather from a table whose embed dim is whole (not FSDP-sharded), so rows land batch-sharded.
+    table = nn.with_logical_constraint(embedding, ("activation_vocab", "activation_embed"))
+    x = jnp.take(table, batch.tokens, axis=0).astype(dtype)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
 
     block = Block
