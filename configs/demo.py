@@ -21,7 +21,7 @@ def get_config():
   c.model.num_kv_heads = 4
   c.model.head_dim = 64
   c.model.mlp_dim = 768
-  c.train.batch_size = 16
+  c.train.batch_size = 8
   c.train.num_steps = 300
   c.train.log_every = 10
   c.train.checkpoint_every = 100

@@ -11,6 +11,7 @@ import pytest
 
 import batches
 from unimodal_jax import config as config_lib
+from unimodal_jax.data import pipeline
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.loss import token_losses
 from unimodal_jax.model.transformer import Transformer, apply_rope
@@ -63,21 +64,20 @@ def test_documents_in_a_row_do_not_see_each_other(tiny):
 
 
 def test_packed_row_equals_documents_run_alone(tiny):
-  """k documents packed in one row give the per-document losses of k unpacked runs."""
+  """k documents packed by the data pipeline into one row give the per-document losses of k unpacked runs."""
   c, vocab, model, params = tiny
   rng = np.random.default_rng(2)
   docs = [batches.random_document(rng, vocab, n, 1, image_len(c)) for n in (25, 19, 21)]
-  packed = batches.pack_rows([docs], c.data.seq_len, vocab)
-  alone = batches.pack_rows([[d] for d in docs], c.data.seq_len, vocab)
+  (packed,) = pipeline.pack_documents(docs, vocab, c.data.seq_len, batch_size=1)
+  assert packed.segment_ids.max() == len(docs)
 
-  def per_document(batch):
+  def per_document_losses(batch):
     ce, _ = token_losses(model.apply({"params": params}, batch), batch.targets, 0.0)
-    return ce * batch.loss_weights, batch.segment_ids
+    ce = np.asarray(ce * batch.loss_weights)
+    return [ce[batch.segment_ids == s].sum() for s in range(1, batch.segment_ids.max() + 1)]
 
-  ce_packed, seg_packed = per_document(packed)
-  ce_alone, _ = per_document(alone)
-  for i in range(len(docs)):
-    np.testing.assert_allclose(np.sum(ce_packed[0][seg_packed[0] == i + 1]), np.sum(ce_alone[i]), rtol=1e-5)
+  alone = [per_document_losses(b)[0] for d in docs for b in pipeline.pack_documents([d], vocab, c.data.seq_len, 1)]
+  np.testing.assert_allclose(per_document_losses(packed), alone, rtol=1e-5)
 
 
 def test_rope_is_relative(tiny):

@@ -27,12 +27,20 @@ def data_paths(config, workdir: str) -> list[str]:
   return paths
 
 
-def host_metrics(metrics: dict) -> dict:
-  """Device metrics -> floats; a modality's loss is dropped when the batch had none of its tokens."""
-  m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+def interval_metrics(step_metrics: list[dict]) -> dict:
+  """Means over the steps of a logging interval, fetched in one transfer.
+
+  Per-modality losses are token-weighted, lr is the last step's; a modality with no tokens in the interval is left out.
+  """
+  rows = jax.device_get(step_metrics)
+  m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not k.startswith(("loss/", "num_tokens"))}
   for name in MODALITIES:
-    if m[f"num_tokens/{name}"] == 0:
-      del m[f"loss/{name}"]
+    counts = np.array([r[f"num_tokens/{name}"] for r in rows], np.float64)
+    m[f"num_tokens/{name}"] = float(counts.sum())
+    if counts.sum() > 0:
+      m[f"loss/{name}"] = float(np.sum(counts * np.array([r[f"loss/{name}"] for r in rows])) / counts.sum())
+  m["num_tokens"] = float(sum(r["num_tokens"] for r in rows))
+  m["lr"] = float(rows[-1]["lr"])  # the rate the interval ended at, not a mean
   return m
 
 
@@ -61,21 +69,19 @@ def train(config, workdir: str) -> dict:
                                            schedule=schedule)
 
   writer = metrics_lib.MetricsWriter(workdir)
-  start = int(jax.device_get(state.step))
-  last, tokens, t0 = {}, 0, time.perf_counter()
+  last, pending, t0 = {}, [], time.perf_counter()
   with mesh_lib.mesh_context(mesh, rules):
-    for step in range(start, config.train.num_steps):
-      local = next(data_iter)
-      tokens += local.num_tokens() * jax.process_count()
-      state, metrics = train_step(state, mesh_lib.global_batch(local, mesh))
+    for step in range(int(jax.device_get(state.step)), config.train.num_steps):
+      state, metrics = train_step(state, mesh_lib.global_batch(next(data_iter), mesh))
+      pending.append(metrics)
       done = step + 1
       if done % config.train.log_every == 0 or done == config.train.num_steps:
-        last = host_metrics(metrics)  # blocks until the step is done
+        last = interval_metrics(pending)  # blocks until the interval's steps are done
         elapsed = time.perf_counter() - t0
-        last.update(step_time=elapsed / (done - start), tokens_per_sec=tokens / elapsed)
+        last.update(step_time=elapsed / len(pending), tokens_per_sec=last["num_tokens"] / elapsed)
         writer.write(done, last)
         print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
-        start, tokens, t0 = done, 0, time.perf_counter()
+        pending, t0 = [], time.perf_counter()
       checkpoint.save(manager, state, data_iter)
   checkpoint.save(manager, state, data_iter, force=manager.latest_step() != config.train.num_steps)
   manager.wait_until_finished()
