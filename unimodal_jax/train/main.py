@@ -1,7 +1,11 @@
 """`unimodal-train`: the command-line entry point (absl flags + ml_collections config files).
 
   unimodal-train --config configs/demo.py --config.model.num_layers=4 --workdir runs/demo
+
+Multi-process: every process runs the same command plus --coordinator_address (process 0's host:port),
+--num_processes and --process_id (see launch/local_multihost.py); on TPU VMs, --distributed=auto.
 """
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -9,7 +13,25 @@ from unimodal_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, TensorBoard, plots.")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "off", ["off", "auto", "explicit"],
+                                 "off: one process; auto: jax.distributed.initialize() discovers the cluster (TPU "
+                                 "VMs, SLURM); explicit: from the three flags below.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (--distributed=explicit).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (--distributed=explicit).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (--distributed=explicit).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed():
+  """Join the multi-process JAX cluster before any device is touched."""
+  if _DISTRIBUTED.value == "auto":
+    jax.distributed.initialize()
+  elif _DISTRIBUTED.value == "explicit":
+    missing = [f.name for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID) if f.value is None]
+    if missing:
+      raise app.UsageError(f"--distributed=explicit needs {', '.join('--' + m for m in missing)}")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
 
 
 def main(argv):
@@ -17,8 +39,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
     logging.set_verbosity(logging.WARNING)
+  initialize_distributed()
   loop.train(_CONFIG.value, _WORKDIR.value)
-  print(f"Run finished. Outputs:\n{loop.describe_outputs(_WORKDIR.value)}", flush=True)
+  if jax.process_index() == 0:
+    print(f"Run finished. Outputs:\n{loop.describe_outputs(_WORKDIR.value)}", flush=True)
 
 
 def run():
