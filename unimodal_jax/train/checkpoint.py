@@ -16,9 +16,11 @@ def make_manager(workdir: str, train_config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
 
 
-def save(manager: ocp.CheckpointManager, state, data_iterator, *, force: bool = False) -> bool:
-  """Save at `state.step` if due (or forced); returns whether a save started."""
-  step = int(jax.device_get(state.step))
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, *, force: bool = False) -> bool:
+  """Save `state` (at `step`, given by the host so as not to wait on the device) if due or forced.
+
+  Returns whether a save started.
+  """
   return manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
 

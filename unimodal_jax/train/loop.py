@@ -82,8 +82,9 @@ def train(config, workdir: str) -> dict:
         writer.write(done, last)
         print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
         pending, t0 = [], time.perf_counter()
-      checkpoint.save(manager, state, data_iter)
-  checkpoint.save(manager, state, data_iter, force=manager.latest_step() != config.train.num_steps)
+      checkpoint.save(manager, done, state, data_iter)
+  if manager.latest_step() != config.train.num_steps:
+    checkpoint.save(manager, config.train.num_steps, state, data_iter, force=True)
   manager.wait_until_finished()
   writer.close()
   if jax.process_index() == 0 and os.path.exists(writer.jsonl_path):
