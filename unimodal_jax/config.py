@@ -4,6 +4,9 @@
 """
 import ml_collections
 
+from unimodal_jax.data.vocab import from_config
+from unimodal_jax.model.attention import IMPLEMENTATIONS
+
 DEFAULT_LOGICAL_AXIS_RULES = (
     # parameters
     ("vocab", "tensor"),
@@ -76,6 +79,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dropout_rate = 0.0
   c.model.z_loss = 1e-5
   c.model.remat_policy = "none"
+  c.model.attention = "xla"  # one of unimodal_jax.model.attention.IMPLEMENTATIONS
   c.model.dtype = "float32"  # compute dtype; params are always float32
 
   c.mesh = ml_collections.ConfigDict()
@@ -119,8 +123,7 @@ def image_tokens_per_image(config) -> int:
 
 def validate(config, num_devices: int, process_count: int = 1):
   """Raise ConfigError for any setting that cannot run on `num_devices` devices; return the mesh shape."""
-  from unimodal_jax.data.vocab import from_config  # local: data.vocab is independent of config
-  from unimodal_jax.parallel.mesh import mesh_shape
+  from unimodal_jax.parallel.mesh import mesh_shape  # local: parallel.mesh imports MESH_AXES from here
 
   m, d, t = config.model, config.data, config.train
   _check(m.norm_order in NORM_ORDERS, "model.norm_order", f"{m.norm_order!r} is not one of {NORM_ORDERS}")
@@ -131,6 +134,7 @@ def validate(config, num_devices: int, process_count: int = 1):
   _check(d.source != "shards" or d.dir, "data.dir", "data.source='shards' needs the directory of its shards")
   _check(config.data.source != "embedded" or config.vq.kind == "kmeans", "vq.kind",
          f"data.source='embedded' tokenizes its images with the k-means codebook, got {config.vq.kind!r}")
+  _check(m.attention in IMPLEMENTATIONS, "model.attention", f"{m.attention!r} is not one of {IMPLEMENTATIONS}")
   _check(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
   for key in ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
     _check(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from unimodal_jax.data.batch import PackedBatch
+from unimodal_jax.model import attention
 
 Dtype = Any
 
@@ -36,14 +37,6 @@ def apply_rope(x, positions, theta):
   cos, sin = jnp.cos(angle)[:, :, None, :], jnp.sin(angle)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
-
-
-def attention_mask(segment_ids):
-  """[b, 1, s, s] boolean: token i sees token j iff same segment and j <= i."""
-  s = segment_ids.shape[-1]
-  causal = jnp.arange(s)[:, None] >= jnp.arange(s)[None, :]
-  same = segment_ids[:, :, None] == segment_ids[:, None, :]
-  return (causal[None] & same)[:, None]
 
 
 class RMSNorm(nn.Module):
@@ -109,23 +102,10 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
     k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
-    out = dot_product_attention(q, k, v, segment_ids)
+    out = attention.attend(q, k, v, segment_ids, c.attention)
     kernel = _param(self, "o_kernel", _dense_init(c.num_heads * c.head_dim), (c.num_heads, c.head_dim, c.embed_dim),
                     ("heads", "head_dim", "embed"))
     return jnp.einsum("bshd,hde->bse", out, kernel.astype(out.dtype))
-
-
-def dot_product_attention(q, k, v, segment_ids):
-  """XLA reference attention with GQA. q: [b, s, h, d]; k, v: [b, s, kv, d]; softmax in float32."""
-  b, s, h, d = q.shape
-  kv = k.shape[2]
-  q = q.reshape(b, s, kv, h // kv, d)
-  scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * d**-0.5
-  mask = attention_mask(segment_ids)[:, :, None]  # [b, 1, 1, q, s]
-  scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-  return out.reshape(b, s, h, d)
 
 
 class MLP(nn.Module):
