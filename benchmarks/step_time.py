@@ -5,7 +5,6 @@
 Prints a markdown table; results with their command live in docs/benchmarks.md.
 """
 import argparse
-import importlib.util
 import os
 import platform
 import time
@@ -13,6 +12,7 @@ import time
 import jax
 import numpy as np
 
+from unimodal_jax.config import load_config_file
 from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
@@ -23,10 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 def full_batch(config, rng) -> PackedBatch:

@@ -1,6 +1,5 @@
 """The dense early-fusion model: attention masking, packing invariance, norm orders, overfitting."""
 import functools
-import importlib.util
 import os
 
 import flax.linen as nn
@@ -22,10 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_lib.load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
 
 
 @pytest.fixture(scope="module")

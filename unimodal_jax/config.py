@@ -2,6 +2,9 @@
 
 `validate` runs before anything is compiled; each error names the config key and the offending values.
 """
+import importlib.util
+import os
+
 import ml_collections
 
 from unimodal_jax.data.vocab import from_config
@@ -105,6 +108,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
   return c
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a configs/*.py file (what `--config path` loads); configs may build on each other."""
+  name = os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(f"unimodal_jax_configs.{name}", path)
+  if spec is None:
+    raise FileNotFoundError(f"no config file at {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 class ConfigError(ValueError):
