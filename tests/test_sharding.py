@@ -1,4 +1,4 @@
-"""Sharded training equals single-device training (fp32), on the three foundation meshes."""
+"""Sharded training equals single-device training (fp32), on the three foundation meshes, dense and MoT."""
 import functools
 
 import flax.linen as nn
@@ -17,8 +17,11 @@ from unimodal_jax.train import state as state_lib, step as step_lib
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
 
-def mesh_config(shape):
-  c = load_config("tiny")
+MODELS = ["tiny", "mot_tiny"]
+
+
+def mesh_config(shape, name="tiny"):
+  c = load_config(name)
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape
   return c
 
@@ -37,22 +40,22 @@ def loss_and_grads(c, mesh, params, batch):
   return jax.device_get((loss, metrics, grads))
 
 
-@pytest.fixture(scope="module")
-def reference():
-  c = mesh_config((1, 1, 1))
+@pytest.fixture(scope="module", params=MODELS)
+def reference(request):
+  c = mesh_config((1, 1, 1), request.param)
   vocab = from_config(c)
   model = Transformer(c.model)
   params = nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(c.data.seq_len))["params"])
   batch = batches.random_batch(np.random.default_rng(0), vocab, c.train.batch_size, c.data.seq_len,
                                config_lib.image_tokens_per_image(c))
   single = mesh_lib.create_mesh(c.mesh, devices=jax.devices()[:1])
-  return params, batch, loss_and_grads(c, single, params, batch)
+  return request.param, params, batch, loss_and_grads(c, single, params, batch)
 
 
 @pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
 def test_sharded_loss_and_grads_equal_single_device(reference, shape):
-  params, batch, (ref_loss, ref_metrics, ref_grads) = reference
-  c = mesh_config(shape)
+  name, params, batch, (ref_loss, ref_metrics, ref_grads) = reference
+  c = mesh_config(shape, name)
   loss, metrics, grads = loss_and_grads(c, mesh_lib.create_mesh(c.mesh), params, batch)
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   for key in ("loss/text", "loss/image"):

@@ -8,6 +8,8 @@ import os
 import ml_collections
 
 from unimodal_jax.data.vocab import from_config
+from unimodal_jax.data.vocab import MODALITIES
+from unimodal_jax.model import experts
 from unimodal_jax.model.attention import IMPLEMENTATIONS
 
 DEFAULT_LOGICAL_AXIS_RULES = (
@@ -38,6 +40,7 @@ DATA_SOURCES = (
     "embedded",  # the bundled dataset, built on first use (unimodal_jax/data/embedded.py)
     "shards",  # tokenized-document ArrayRecord shards (unimodal_jax/data/documents.py) in data.dir
 )
+MOT_GROUPS = experts.GROUPS
 VQ_KINDS = ("kmeans", "vqgan")  # "vqgan" runs read codes that were tokenized offline
 
 
@@ -83,6 +86,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.z_loss = 1e-5
   c.model.remat_policy = "none"
   c.model.attention = "xla"  # one of unimodal_jax.model.attention.IMPLEMENTATIONS
+  c.model.num_experts = 1  # 1: dense; 2: Mixture-of-Transformers, one expert per modality (text, image)
+  c.model.mot_untied = MOT_GROUPS  # weight groups with one copy per expert when num_experts > 1
+  c.model.mot_impl = "grouped"  # "grouped" (ragged matmuls, dense FLOPs) or "masked" (the test oracle)
   c.model.dtype = "float32"  # compute dtype; params are always float32
 
   c.mesh = ml_collections.ConfigDict()
@@ -107,6 +113,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
+  c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = unknown (MFU not logged)
+  c.train.upcycle_from = ""  # MoT only: a dense run's checkpoint step dir; every expert starts as its weights
   return c
 
 
@@ -149,6 +157,12 @@ def validate(config, num_devices: int, process_count: int = 1):
   _check(config.data.source != "embedded" or config.vq.kind == "kmeans", "vq.kind",
          f"data.source='embedded' tokenizes its images with the k-means codebook, got {config.vq.kind!r}")
   _check(m.attention in IMPLEMENTATIONS, "model.attention", f"{m.attention!r} is not one of {IMPLEMENTATIONS}")
+  _check(m.num_experts in (1, len(MODALITIES)), "model.num_experts",
+         f"{m.num_experts}: 1 (dense) or {len(MODALITIES)} (one expert per modality {MODALITIES})")
+  unknown = set(m.mot_untied) - set(MOT_GROUPS)
+  _check(not unknown, "model.mot_untied", f"unknown groups {sorted(unknown)}; known: {MOT_GROUPS}")
+  _check(m.mot_impl in experts.IMPLEMENTATIONS, "model.mot_impl",
+         f"{m.mot_impl!r} is not one of {experts.IMPLEMENTATIONS}")
   _check(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {DTYPES}")
   for key in ("num_layers", "embed_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim"):
     _check(m[key] >= 1, f"model.{key}", f"must be >= 1, got {m[key]}")
@@ -183,6 +197,8 @@ def validate(config, num_devices: int, process_count: int = 1):
                     ("vocab_size", m.vocab_size)):
     _check(size % tensor == 0, f"model.{key}", f"{size} is not divisible by mesh.tensor={tensor}")
   _check(m.embed_dim % fsdp == 0, "model.embed_dim", f"{m.embed_dim} is not divisible by mesh.fsdp={fsdp}")
+  _check(not t.upcycle_from or m.num_experts > 1, "train.upcycle_from",
+         f"upcycling initialises a Mixture-of-Transformers; model.num_experts={m.num_experts}")
   _check(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
   _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {config.optim.warmup_steps}")
   return data, fsdp, tensor

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from unimodal_jax.data.batch import PackedBatch
-from unimodal_jax.model import attention
+from unimodal_jax.model import attention, experts
 
 Dtype = Any
 
@@ -21,12 +21,35 @@ REMAT_POLICIES = {
 }
 
 
-def _param(module, name, init, shape, axes):
+def _param(module, name, init, shape, axes, copies: int = 1):
+  """A float32 parameter with logical axes; `copies` > 1 adds a leading `expert` axis (one copy per expert)."""
+  if copies > 1:
+    shape, axes = (copies, *shape), ("expert", *axes)
   return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
 
 
 def _dense_init(fan_in):
   return nn.initializers.normal(stddev=fan_in**-0.5)
+
+
+def copies(config, group: str) -> int:
+  """How many copies of the weights in `group` (experts.GROUPS) the model holds: 1 = tied/dense."""
+  return config.num_experts if config.num_experts > 1 and group in config.mot_untied else 1
+
+
+def per_token(param, routing, untied: bool):
+  """An elementwise parameter as each token sees it: its expert's copy when untied."""
+  return experts.select(routing, param) if untied else param
+
+
+def linear(x, kernels, routing, untied: bool):
+  """x [b, s, *in] times each kernel [(experts,) *in, *out] -> a list of [b, s, *out]."""
+  lead, n_in = int(untied), x.ndim - 2
+  flat_x = x.reshape(*x.shape[:2], -1)
+  out_shapes = [k.shape[lead + n_in:] for k in kernels]
+  flat = [k.reshape(*k.shape[:lead], flat_x.shape[-1], -1).astype(x.dtype) for k in kernels]
+  ys = experts.matmuls(routing, flat_x, flat) if untied else [flat_x @ k for k in flat]
+  return [y.reshape(*x.shape[:2], *shape) for y, shape in zip(ys, out_shapes)]
 
 
 def apply_rope(x, positions, theta):
@@ -42,14 +65,14 @@ def apply_rope(x, positions, theta):
 class RMSNorm(nn.Module):
   eps: float
   dtype: Dtype
-  axis_name: str = "embed"
+  copies: int = 1
 
   @nn.compact
-  def __call__(self, x):
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), (self.axis_name,))
+  def __call__(self, x, routing=None):
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",), self.copies)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * scale).astype(self.dtype)
+    return (y * per_token(scale, routing, self.copies > 1)).astype(self.dtype)
 
 
 class HeadNorm(nn.Module):
@@ -61,51 +84,51 @@ class HeadNorm(nn.Module):
   kind: str
   eps: float
   heads_axis: str
+  copies: int = 1
 
   @nn.compact
-  def __call__(self, x):  # [b, s, h, d]
-    shape, axes = x.shape[-2:], (self.heads_axis, "head_dim")
+  def __call__(self, x, routing=None):  # [b, s, h, d]
+    shape, axes, untied = x.shape[-2:], (self.heads_axis, "head_dim"), self.copies > 1
     x32 = x.astype(jnp.float32)
     if self.kind == "layernorm":
       x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    y = y * _param(self, "scale", nn.initializers.ones, shape, axes)
+    y = y * per_token(_param(self, "scale", nn.initializers.ones, shape, axes, self.copies), routing, untied)
     if self.kind == "layernorm":
-      y = y + _param(self, "bias", nn.initializers.zeros, shape, axes)
+      y = y + per_token(_param(self, "bias", nn.initializers.zeros, shape, axes, self.copies), routing, untied)
     return y.astype(x.dtype)
 
 
 class Attention(nn.Module):
   config: Any
 
-  def _project(self, x, name, heads, heads_axis):
-    c = self.config
-    kernel = _param(self, f"{name}_kernel", _dense_init(c.embed_dim), (c.embed_dim, heads, c.head_dim),
-                    ("embed", heads_axis, "head_dim"))
-    y = jnp.einsum("bse,ehd->bshd", x, kernel.astype(x.dtype))
-    if c.qkv_bias:
-      y = y + _param(self, f"{name}_bias", nn.initializers.zeros, (heads, c.head_dim),
-                     (heads_axis, "head_dim")).astype(x.dtype)
-    return y
+  def _kernel(self, name, shape, axes, fan_in, n):
+    return _param(self, name, _dense_init(fan_in), shape, axes, n)
 
   @nn.compact
-  def __call__(self, x, segment_ids, positions):
+  def __call__(self, x, segment_ids, positions, routing):
     c = self.config
-    q = self._project(x, "q", c.num_heads, "heads")
-    k = self._project(x, "k", c.num_kv_heads, "kv_heads")
-    v = self._project(x, "v", c.num_kv_heads, "kv_heads")
+    n, untied = copies(c, "attention"), copies(c, "attention") > 1
+    heads = {"q": (c.num_heads, "heads"), "k": (c.num_kv_heads, "kv_heads"), "v": (c.num_kv_heads, "kv_heads")}
+    kernels = [self._kernel(f"{p}_kernel", (c.embed_dim, h, c.head_dim), ("embed", axis, "head_dim"), c.embed_dim, n)
+               for p, (h, axis) in heads.items()]
+    q, k, v = linear(x, kernels, routing, untied)
+    if c.qkv_bias:
+      q, k, v = [y + per_token(_param(self, f"{p}_bias", nn.initializers.zeros, (h, c.head_dim), (axis, "head_dim"), n),
+                               routing, untied).astype(y.dtype) for y, (p, (h, axis)) in zip((q, k, v), heads.items())]
     if c.qk_norm != "none":
-      q = HeadNorm(c.qk_norm, c.norm_eps, "heads", name="q_norm")(q)
-      k = HeadNorm(c.qk_norm, c.norm_eps, "kv_heads", name="k_norm")(k)
+      n_norm = copies(c, "qk_norm")
+      q = HeadNorm(c.qk_norm, c.norm_eps, "heads", n_norm, name="q_norm")(q, routing)
+      k = HeadNorm(c.qk_norm, c.norm_eps, "kv_heads", n_norm, name="k_norm")(k, routing)
     q = apply_rope(q, positions, c.rope_theta)
     k = apply_rope(k, positions, c.rope_theta)
     q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
     k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
     v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
     out = attention.attend(q, k, v, segment_ids, c.attention)
-    kernel = _param(self, "o_kernel", _dense_init(c.num_heads * c.head_dim), (c.num_heads, c.head_dim, c.embed_dim),
-                    ("heads", "head_dim", "embed"))
-    return jnp.einsum("bshd,hde->bse", out, kernel.astype(out.dtype))
+    o_kernel = self._kernel("o_kernel", (c.num_heads, c.head_dim, c.embed_dim), ("heads", "head_dim", "embed"),
+                            c.num_heads * c.head_dim, n)
+    return linear(out, [o_kernel], routing, untied)[0]
 
 
 class MLP(nn.Module):
@@ -114,14 +137,15 @@ class MLP(nn.Module):
   config: Any
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, routing):
     c = self.config
-    wi_0 = _param(self, "wi_0", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"))
-    wi_1 = _param(self, "wi_1", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"))
-    wo = _param(self, "wo", _dense_init(c.mlp_dim), (c.mlp_dim, c.embed_dim), ("mlp", "embed"))
-    h = nn.silu(x @ wi_0.astype(x.dtype)) * (x @ wi_1.astype(x.dtype))
-    h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-    return h @ wo.astype(x.dtype)
+    n, untied = copies(c, "mlp"), copies(c, "mlp") > 1
+    wi_0 = _param(self, "wi_0", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"), n)
+    wi_1 = _param(self, "wi_1", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"), n)
+    wo = _param(self, "wo", _dense_init(c.mlp_dim), (c.mlp_dim, c.embed_dim), ("mlp", "embed"), n)
+    gate, up = linear(x, [wi_0, wi_1], routing, untied)
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
+    return linear(h, [wo], routing, untied)[0]
 
 
 class Block(nn.Module):
@@ -131,25 +155,31 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, segment_ids, positions):
+  def __call__(self, x, segment_ids, positions, routing):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     drop = nn.Dropout(c.dropout_rate, deterministic=self.deterministic)
-    attn_norm = RMSNorm(c.norm_eps, dtype, name="attn_norm")
-    mlp_norm = RMSNorm(c.norm_eps, dtype, name="mlp_norm")
+    n_norm = copies(c, "block_norms")
+    attn_norm = RMSNorm(c.norm_eps, dtype, n_norm, name="attn_norm")
+    mlp_norm = RMSNorm(c.norm_eps, dtype, n_norm, name="mlp_norm")
     attn, mlp = Attention(c, name="attn"), MLP(c, name="mlp")
     if c.norm_order == "pre":
-      h = x + drop(attn(attn_norm(x), segment_ids, positions))
-      out = h + drop(mlp(mlp_norm(h)))
+      h = x + drop(attn(attn_norm(x, routing), segment_ids, positions, routing))
+      out = h + drop(mlp(mlp_norm(h, routing), routing))
     else:
-      h = x + drop(attn_norm(attn(x, segment_ids, positions)))
-      out = h + drop(mlp_norm(mlp(h)))
+      h = x + drop(attn_norm(attn(x, segment_ids, positions, routing), routing))
+      out = h + drop(mlp_norm(mlp(h, routing), routing))
     out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_embed"))
     return out, None
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size]."""
+  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size].
+
+  With model.num_experts > 1 it is a Mixture-of-Transformers: the weight groups in model.mot_untied have
+  one copy per modality and each token (routed by PackedBatch.modality) uses its own; attention stays
+  global over the row. The embedding and output head are shared.
+  """
 
   config: Any  # the `model` section of the run config
 
@@ -167,10 +197,11 @@ class Transformer(nn.Module):
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                     in_axes=(nn.broadcast, nn.broadcast), length=c.num_layers,
+                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = layers(c, deterministic, name="layers")(x, batch.segment_ids, batch.positions)
-    x = RMSNorm(c.norm_eps, dtype, name="final_norm")(x)
+    routing = experts.route(batch.modality, c.num_experts, c.mot_impl) if c.num_experts > 1 else None
+    x, _ = layers(c, deterministic, name="layers")(x, batch.segment_ids, batch.positions, routing)
+    x = RMSNorm(c.norm_eps, dtype, copies(c, "final_norm"), name="final_norm")(x, routing)
 
     if c.tie_embeddings:
       head = embedding.T

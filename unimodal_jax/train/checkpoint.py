@@ -37,3 +37,17 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iterator)))
   return restored.state
+
+
+def restore_params(step_dir: str, abstract_params):
+  """Only the params of a saved TrainState (`<workdir>/checkpoints/<step>`), in `abstract_params`' shardings.
+
+  The optimizer state of that run is not read, so it may differ from this run's.
+  """
+  path = os.path.join(os.path.abspath(step_dir), "state")
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{step_dir} is not a checkpoint step directory (no state/ inside)")
+  item = {"params": abstract_params}
+  restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+  return restored["params"]

@@ -2,6 +2,7 @@
 
 Reads top to bottom; every piece it calls lives in data/, model/, parallel/ or train/.
 """
+import functools
 import glob
 import os
 import time
@@ -12,6 +13,7 @@ import numpy as np
 from unimodal_jax import config as config_lib
 from unimodal_jax.data import embedded, pipeline
 from unimodal_jax.data.vocab import MODALITIES, from_config
+from unimodal_jax.model import experts, flops
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import checkpoint, metrics as metrics_lib, state as state_lib, step as step_lib
@@ -44,6 +46,30 @@ def interval_metrics(step_metrics: list[dict]) -> dict:
   return m
 
 
+def throughput(tokens_per_sec: float, config) -> dict:
+  """tokens/s, model TFLOP/s per device (active FLOPs: a MoT token counts one expert) and, if the
+  device's peak is configured, MFU."""
+  tflops = tokens_per_sec * flops.train_flops_per_token(config.model, config.data.seq_len) / 1e12
+  out = {"tokens_per_sec": tokens_per_sec, "model_tflops_per_device": tflops / jax.device_count()}
+  if config.train.peak_tflops_per_device > 0:
+    out["mfu"] = out["model_tflops_per_device"] / config.train.peak_tflops_per_device
+  return out
+
+
+def upcycled_params(config, model, mesh, rules, param_shardings):
+  """The dense checkpoint `config.train.upcycle_from` copied into every expert of the MoT `model`."""
+  dense_config = config.model.copy_and_resolve_references()
+  dense_config.num_experts = 1
+  dense, seq_len = Transformer(dense_config), config.data.seq_len
+  dense_shardings = mesh_lib.logical_to_shardings(state_lib.param_logical_specs(dense, seq_len), mesh, rules)
+  params = checkpoint.restore_params(config.train.upcycle_from,
+                                     state_lib.abstract_params(dense, seq_len, dense_shardings))
+  upcycle = functools.partial(experts.upcycle, mot_logical_specs=state_lib.param_logical_specs(model, seq_len),
+                              num_experts=config.model.num_experts)
+  with mesh_lib.mesh_context(mesh, rules):
+    return jax.jit(upcycle, out_shardings=param_shardings)(params)
+
+
 def train(config, workdir: str) -> dict:
   """Train `config` in `workdir`, resuming from its newest checkpoint; returns the last logged metrics."""
   config_lib.validate(config, jax.device_count(), jax.process_count())
@@ -64,6 +90,8 @@ def train(config, workdir: str) -> dict:
   tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   state, shardings = state_lib.create_state(model, tx, mesh, rules, jax.random.key(config.seed), config.data.seq_len)
   manager = checkpoint.make_manager(workdir, config.train)
+  if config.train.upcycle_from and manager.latest_step() is None:
+    state = state.replace(params=upcycled_params(config, model, mesh, rules, shardings.params))
   state = checkpoint.restore_latest(manager, state, data_iter)
   train_step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
                                            schedule=schedule)
@@ -78,7 +106,8 @@ def train(config, workdir: str) -> dict:
       if done % config.train.log_every == 0 or done == config.train.num_steps:
         last = interval_metrics(pending)  # blocks until the interval's steps are done
         elapsed = time.perf_counter() - t0
-        last.update(step_time=elapsed / len(pending), tokens_per_sec=last["num_tokens"] / elapsed)
+        last.update(throughput(last["num_tokens"] / elapsed, config))
+        last["step_time"] = elapsed / len(pending)
         writer.write(done, last)
         print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
         pending, t0 = [], time.perf_counter()

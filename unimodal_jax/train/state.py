@@ -58,6 +58,12 @@ def param_logical_specs(model: nn.Module, seq_len: int):
   return nn.get_partition_spec(boxed)
 
 
+def abstract_params(model: nn.Module, seq_len: int, shardings):
+  """ShapeDtypeStructs of the model's (unboxed) parameters, carrying `shardings`."""
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), dummy_batch(seq_len))["params"]))
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings)
+
+
 def state_shardings(model, tx, mesh, rules, seq_len: int):
   """NamedShardings for every leaf of TrainState; optimizer moments shard like their parameters."""
   param_sh = mesh_lib.logical_to_shardings(param_logical_specs(model, seq_len), mesh, rules)

@@ -5,9 +5,11 @@ Compiled once per run with donated state; the data it sees is a global PackedBat
 import functools
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from unimodal_jax.data.batch import PackedBatch
+from unimodal_jax.data.vocab import MODALITIES
 from unimodal_jax.model.loss import loss_and_metrics
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train.state import TrainState
@@ -31,6 +33,9 @@ def train_step(state: TrainState, batch: PackedBatch, *, model, tx, vocab, confi
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.tree.norm(grads)
+  if config.model.num_experts > 1:  # tokens each expert processed (inputs, padding excluded)
+    for i, name in enumerate(MODALITIES):
+      metrics[f"expert_tokens/{name}"] = jnp.sum((batch.modality == i) & (batch.segment_ids > 0))
   metrics["lr"] = schedule(state.step)
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
