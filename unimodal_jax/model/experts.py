@@ -4,6 +4,7 @@
 its own tokens only (`jax.lax.ragged_dot_general`: a dense model's FLOPs per token); `masked` runs every
 expert on every token and selects: the test oracle, and the baseline the benchmarks compare against.
 """
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -34,8 +35,18 @@ def route(modality, num_experts: int, impl: str) -> Routing:
 
 
 def select(routing: Routing, param):
-  """Each token's copy of an elementwise parameter: [experts, ...] -> [b, s, ...]."""
-  return jnp.take(param, routing.expert, axis=0)
+  """Each token's copy of an elementwise parameter: [experts, ...] -> [b, s, ...].
+
+  A one-hot contraction rather than a gather: it partitions cleanly when the parameter is sharded.
+  """
+  onehot = jax.nn.one_hot(routing.expert, param.shape[0], dtype=param.dtype)
+  return jnp.tensordot(onehot, param, axes=1)
+
+
+def _keep_rows_sharded(x):
+  """Pin the batch axis of a sorted/grouped array to the batch sharding; features stay free."""
+  free = jax.sharding.PartitionSpec.UNCONSTRAINED
+  return nn.with_logical_constraint(x, ("activation_batch", free, free))
 
 
 def matmuls(routing: Routing, x, kernels):
@@ -46,9 +57,10 @@ def matmuls(routing: Routing, x, kernels):
   if routing.impl == "masked":
     onehot = jax.nn.one_hot(routing.expert, kernels[0].shape[0], dtype=x.dtype)  # [b, s, experts]
     return [jnp.einsum("bsx,bsxo->bso", onehot, jnp.einsum("bsi,xio->bsxo", x, k)) for k in kernels]
-  grouped = jnp.take_along_axis(x, routing.order[..., None], axis=1)
-  outs = [jax.lax.ragged_dot_general(grouped, k, routing.group_sizes, _RAGGED_DIMS) for k in kernels]
-  return [jnp.take_along_axis(y, routing.inverse[..., None], axis=1) for y in outs]
+  grouped = _keep_rows_sharded(jnp.take_along_axis(x, routing.order[..., None], axis=1))
+  outs = [_keep_rows_sharded(jax.lax.ragged_dot_general(grouped, k, routing.group_sizes, _RAGGED_DIMS))
+          for k in kernels]
+  return [_keep_rows_sharded(jnp.take_along_axis(y, routing.inverse[..., None], axis=1)) for y in outs]
 
 
 def upcycle(dense_params, mot_logical_specs, num_experts: int):
