@@ -31,7 +31,7 @@ def test_invalid_config_names_key_and_value(overrides, key, value):
 
 
 @pytest.mark.parametrize("name", ["tiny", "demo", "chameleon_7b", "chameleon_34b", "mot_tiny", "mot_chameleon_7b",
-                                  "mot_chameleon_34b", "mot_bagel_7b"])
+                                  "mot_chameleon_34b", "mot_bagel_7b", "mot_demo"])
 def test_shipped_configs_are_valid(name):
   c = load_config(name)
   if c.data.source == "shards":
