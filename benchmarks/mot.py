@@ -1,33 +1,113 @@
-"""Mixture-of-Transformers against the dense model at the same dimensions: CPU step time of the real
-train step for dense, MoT grouped (ragged matmuls) and MoT masked (every expert on every token).
+"""Mixture-of-Transformers against the dense model at the same dimensions: dense, MoT grouped (ragged
+matmuls) and MoT masked (every expert on every token).
 
-  python benchmarks/mot.py [--steps 5]
+  python benchmarks/mot.py [--config demo] [--steps 5] [--tpu v5e:2x4]
 
-Prints a markdown table with ratios to dense; results with their command live in docs/benchmarks.md.
+CPU: step time of the real train step. TPU (needs `pip install libtpu`; no TPU needed): FLOPs of the
+real train step compiled ahead of time for a TPU topology, where `ragged_dot` lowers to grouped
+matmuls. XLA's cost analysis counts an `nn.scan` body once, so the step is compiled at 1 layer, and
+one layer's forward+backward is compiled on its own. Prints markdown; results go in docs/benchmarks.md.
 """
 import argparse
+import functools
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import topologies
+from jax.sharding import NamedSharding, PartitionSpec as P
 
-from step_time import load_config, measure
+from step_time import full_batch, load_config, measure
+from unimodal_jax.data.vocab import from_config
+from unimodal_jax.model import experts
+from unimodal_jax.model.transformer import Block, Transformer
+from unimodal_jax.parallel import mesh as mesh_lib
+from unimodal_jax.train import state as state_lib, step as step_lib
 
-IMPLS = (("dense", 1, "grouped"), ("MoT grouped", 2, "grouped"), ("MoT masked", 2, "masked"))
+VARIANTS = (("dense", 1, "grouped"), ("MoT grouped", 2, "grouped"), ("MoT masked", 2, "masked"))
+
+
+def variant(name: str, num_experts: int, impl: str):
+  config = load_config(name)
+  config.model.num_experts, config.model.mot_impl = num_experts, impl
+  return config
+
+
+def tpu_devices(topology: str):
+  """Devices of a single-host TPU topology, e.g. 'v5e:2x4' (8 v5e chips), without a TPU."""
+  x, y = map(int, topology.split(":")[1].split("x"))
+  return topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name="default",
+                                      chips_per_host_bounds=(x, y, 1), num_slices=1,
+                                      wrap=(False, False, False)).devices
+
+
+def train_step_flops(config, devices) -> float:
+  """FLOPs of the whole train step (1 scanned layer counted once) compiled for `devices`."""
+  config.model.num_layers = 1
+  vocab, model = from_config(config), Transformer(config.model)
+  mesh, rules = mesh_lib.create_mesh(config.mesh, devices=devices), mesh_lib.axis_rules(config)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
+  shardings = state_lib.state_shardings(model, tx, mesh, rules, config.data.seq_len)
+  state = state_lib.abstract_state(model, tx, config.data.seq_len, shardings)
+  batch_sh = mesh_lib.batch_sharding(mesh)
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sh),
+                       full_batch(config, np.random.default_rng(0)))
+  step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
+                                     schedule=state_lib.make_schedule(config.optim, config.train.num_steps))
+  with mesh_lib.mesh_context(mesh, rules):
+    return step.lower(state, batch).compile().cost_analysis()["flops"]
+
+
+def layer_flops(config, devices) -> float:
+  """FLOPs of one decoder layer's forward + backward on a full batch, compiled for `devices`."""
+  m, (b, s) = config.model, (config.train.batch_size, config.data.seq_len)
+  block = Block(m, deterministic=True)
+  mesh, rules = mesh_lib.create_mesh(config.mesh, devices=devices), mesh_lib.axis_rules(config)
+  batch = full_batch(config, np.random.default_rng(0))
+  x = jnp.zeros((b, s, m.embed_dim), jnp.dtype(m.dtype))
+
+  def loss(params, x, batch):
+    routing = experts.route(batch.modality, m.num_experts, m.mot_impl) if m.num_experts > 1 else None
+    out, _ = block.apply({"params": params}, x, batch.segment_ids, batch.positions, routing)
+    return jnp.sum(out.astype(jnp.float32))
+
+  params = jax.eval_shape(lambda: nn.unbox(block.init(jax.random.key(0), x, batch.segment_ids, batch.positions,
+                                                      None if m.num_experts == 1 else
+                                                      experts.route(batch.modality, m.num_experts, m.mot_impl)))
+                          ["params"])
+  rows = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
+  with mesh_lib.mesh_context(mesh, rules):
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)), in_shardings=(None, rows, rows))
+    return fn.lower(params, x, batch).compile().cost_analysis()["flops"]
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__)
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="demo")
   parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--tpu", default="", help="a TPU topology to compile for, e.g. v5e:2x4; '' = CPU timing")
   args = parser.parse_args()
+  if args.tpu:
+    devices = tpu_devices(args.tpu)
+    print(f"AOT for {len(devices)} x {devices[0].device_kind} ({args.tpu}); jax {jax.__version__}; "
+          f"config {args.config}\n")
+    print("| model | train step FLOPs (1 layer) | / dense | one layer fwd+bwd FLOPs | / dense |")
+    print("|---|---|---|---|---|")
+    base = None
+    for name, num_experts, impl in VARIANTS:
+      step = train_step_flops(variant(args.config, num_experts, impl), devices)
+      layer = layer_flops(variant(args.config, num_experts, impl), devices)
+      base = base or (step, layer)
+      print(f"| {name} | {step:.3e} | {step / base[0]:.3f} | {layer:.3e} | {layer / base[1]:.3f} |", flush=True)
+    return
   print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; jax {jax.__version__}; "
         f"config {args.config}\n")
   print("| model | step (s) | step / dense |")
   print("|---|---|---|")
   dense_s = None
-  for name, num_experts, impl in IMPLS:
-    config = load_config(args.config)
-    config.model.num_experts, config.model.mot_impl = num_experts, impl
-    step_s = measure(config, args.steps)["step_s"]
+  for name, num_experts, impl in VARIANTS:
+    step_s = measure(variant(args.config, num_experts, impl), args.steps)["step_s"]
     dense_s = dense_s or step_s
     print(f"| {name} | {step_s:.3f} | {step_s / dense_s:.2f} |", flush=True)
 

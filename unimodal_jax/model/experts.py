@@ -1,9 +1,12 @@
 """Mixture-of-Transformers routing (BAGEL; Liang et al. 2024): each token uses its modality's weight copy.
 
-`route` groups each row's tokens by expert once per forward pass. `grouped` runs each expert's matmul on
-its own tokens only (`jax.lax.ragged_dot_general`: a dense model's FLOPs per token); `masked` runs every
-expert on every token and selects: the test oracle, and the baseline the benchmarks compare against.
+`grouped` runs each expert's matmul on its own tokens only (`jax.lax.ragged_dot`: a dense model's forward
+FLOPs per token); `masked` runs every expert on every token and selects: the test oracle, and the
+baseline the benchmarks compare against.
 """
+import functools
+import math
+
 import flax.linen as nn
 import flax.struct
 import jax
@@ -12,26 +15,16 @@ import jax.numpy as jnp
 IMPLEMENTATIONS = ("grouped", "masked")
 GROUPS = ("attention", "qk_norm", "mlp", "block_norms", "final_norm")  # weight groups that can be untied
 
-# x [b, s, i] (ragged along s, one group per expert, per row b) times kernel [experts, i, o] -> [b, s, o].
-_RAGGED_DIMS = jax.lax.RaggedDotDimensionNumbers(
-    dot_dimension_numbers=(([2], [1]), ([], [])), lhs_ragged_dimensions=[1], rhs_group_dimensions=[0])
-
 
 @flax.struct.dataclass
 class Routing:
   expert: jax.Array  # [b, s] int32: each token's expert, i.e. its modality
-  order: jax.Array  # [b, s]: the row's positions sorted by expert (stable)
-  inverse: jax.Array  # [b, s]: the inverse permutation of `order`
-  group_sizes: jax.Array  # [b, num_experts] int32
+  num_experts: int = flax.struct.field(pytree_node=False, default=2)
   impl: str = flax.struct.field(pytree_node=False, default="grouped")
 
 
 def route(modality, num_experts: int, impl: str) -> Routing:
-  expert = modality.astype(jnp.int32)
-  order = jnp.argsort(expert, axis=-1, stable=True)
-  group_sizes = jnp.sum(expert[..., None] == jnp.arange(num_experts), axis=1, dtype=jnp.int32)
-  return Routing(expert=expert, order=order, inverse=jnp.argsort(order, axis=-1), group_sizes=group_sizes,
-                 impl=impl)
+  return Routing(expert=modality.astype(jnp.int32), num_experts=num_experts, impl=impl)
 
 
 def select(routing: Routing, param):
@@ -43,24 +36,47 @@ def select(routing: Routing, param):
   return jnp.tensordot(onehot, param, axes=1)
 
 
-def _keep_rows_sharded(x):
-  """Pin the batch axis of a sorted/grouped array to the batch sharding; features stay free."""
-  free = jax.sharding.PartitionSpec.UNCONSTRAINED
-  return nn.with_logical_constraint(x, ("activation_batch", free, free))
+def _grouped_local(x, expert, kernels, num_experts: int):
+  """One batch shard: its tokens sorted by expert, one `ragged_dot` per kernel, the result unsorted."""
+  b, s, i = x.shape
+  flat, e = x.reshape(b * s, i), expert.reshape(b * s)
+  order = jnp.argsort(e, stable=True)
+  inverse = jnp.argsort(order)
+  sizes = jnp.sum(e[:, None] == jnp.arange(num_experts), axis=0, dtype=jnp.int32)
+  grouped = flat[order]
+  return [jax.lax.ragged_dot(grouped, k, sizes)[inverse].reshape(b, s, -1) for k in kernels]
+
+
+def _batch_mesh_axes(batch_size: int):
+  """Mesh axes the batch is sharded over in the current mesh/rules context; empty outside one, or when
+  `batch_size` does not divide over them (e.g. the one-row batch of parameter initialisation)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return ()
+  axes = nn.logical_to_mesh_axes(("activation_batch",))[0]
+  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  axes = tuple(a for a in axes if mesh.shape[a] > 1)
+  return axes if batch_size % math.prod(mesh.shape[a] for a in axes) == 0 else ()
 
 
 def matmuls(routing: Routing, x, kernels):
   """x [b, s, i] through each per-expert kernel [experts, i, o] -> a list of [b, s, o].
 
-  Grouped: the rows are sorted by expert once for all kernels, multiplied group by group, unsorted.
+  Grouped: within each batch shard (shard_map over the batch's mesh axes, so sorting never moves
+  tokens across devices) tokens are sorted by expert once for all kernels, multiplied group by group
+  with `lax.ragged_dot`, and unsorted. Kernels enter whole over the batch axes (the FSDP all-gather);
+  other axes (tensor parallelism) stay with the compiler.
   """
   if routing.impl == "masked":
-    onehot = jax.nn.one_hot(routing.expert, kernels[0].shape[0], dtype=x.dtype)  # [b, s, experts]
+    onehot = jax.nn.one_hot(routing.expert, routing.num_experts, dtype=x.dtype)  # [b, s, experts]
     return [jnp.einsum("bsx,bsxo->bso", onehot, jnp.einsum("bsi,xio->bsxo", x, k)) for k in kernels]
-  grouped = _keep_rows_sharded(jnp.take_along_axis(x, routing.order[..., None], axis=1))
-  outs = [_keep_rows_sharded(jax.lax.ragged_dot_general(grouped, k, routing.group_sizes, _RAGGED_DIMS))
-          for k in kernels]
-  return [_keep_rows_sharded(jnp.take_along_axis(y, routing.inverse[..., None], axis=1)) for y in outs]
+  local = functools.partial(_grouped_local, num_experts=routing.num_experts)
+  axes = _batch_mesh_axes(x.shape[0])
+  if not axes:
+    return local(x, routing.expert, kernels)
+  rows = jax.sharding.PartitionSpec(axes)
+  return jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=(rows, rows, jax.sharding.PartitionSpec()),
+                       out_specs=rows, axis_names=set(axes), check_vma=False)(x, routing.expert, kernels)
 
 
 def upcycle(dense_params, mot_logical_specs, num_experts: int):

@@ -64,6 +64,12 @@ def abstract_params(model: nn.Module, seq_len: int, shardings):
   return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings)
 
 
+def abstract_state(model, tx, seq_len: int, shardings) -> TrainState:
+  """ShapeDtypeStructs of the TrainState, carrying `shardings`: what ahead-of-time compilation needs."""
+  shapes = jax.eval_shape(lambda: _init_state(model, tx, jax.random.key(0), seq_len))
+  return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings)
+
+
 def state_shardings(model, tx, mesh, rules, seq_len: int):
   """NamedShardings for every leaf of TrainState; optimizer moments shard like their parameters."""
   param_sh = mesh_lib.logical_to_shardings(param_logical_specs(model, seq_len), mesh, rules)
