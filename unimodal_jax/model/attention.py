@@ -1,12 +1,23 @@
 """Attention implementations over packed rows: causal within a document (segment), blind across documents.
 
 `attend` dispatches on `config.model.attention`; `dot_product_attention` (XLA) is the reference and the
-oracle every other implementation is tested against.
+oracle every other implementation is tested against. No implementation may see across segments.
 """
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
+from jax.sharding import PartitionSpec as P
 
-IMPLEMENTATIONS = ("xla",)
+IMPLEMENTATIONS = (
+    "xla",  # any platform: materialises the [s, s] scores; the reference
+    "splash",  # TPU: Pallas splash attention, skips fully masked blocks; sharded with shard_map
+    "cudnn",  # GPU: cuDNN flash attention through jax.nn.dot_product_attention
+)
+SPLASH_MAX_BLOCK = 512  # tokens per splash tile (q and kv); MaxText's default
+SPLASH_MIN_BLOCK = 128  # the TPU lane width: seq_len must be a multiple
 
 
 def attention_mask(segment_ids):
@@ -30,8 +41,65 @@ def dot_product_attention(q, k, v, segment_ids):
   return out.reshape(b, s, h, d)
 
 
+def splash_block_size(seq_len: int) -> int:
+  """The largest tile <= SPLASH_MAX_BLOCK that divides seq_len; seq_len must be a multiple of 128."""
+  if seq_len % SPLASH_MIN_BLOCK:
+    raise ValueError(f"model.attention='splash' needs data.seq_len to be a multiple of {SPLASH_MIN_BLOCK}, "
+                     f"got {seq_len}")
+  return math.gcd(SPLASH_MAX_BLOCK, seq_len)
+
+
+def _splash_kernel(num_heads: int, seq_len: int, interpret: bool):
+  """A causal splash kernel over [heads, s, d] for one row; segment ids are given per call."""
+  block = splash_block_size(seq_len)
+  mask = splash.MultiHeadMask([splash.CausalMask((seq_len, seq_len))] * num_heads)
+  sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
+                            block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+  return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(q, k, v, segment_ids, interpret: bool = False):
+  """TPU splash attention with segment ids and GQA; same shapes as `dot_product_attention`.
+
+  Runs under `jax.set_mesh` and flax logical axis rules (the model's context): shard_map over the mesh
+  axes of `activation_batch` and `activation_heads`, one kernel per local row, as MaxText does. k and v
+  are split over the same axes as q's heads, which keeps each query head with its kv head (heads are
+  grouped contiguously and num_kv_heads divides by the head axes' size). `interpret=True` runs the
+  kernel on CPU (tests).
+  """
+  batch_axes, head_axes = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
+  spec = P(batch_axes, head_axes, None, None)  # [b, heads, s, d]
+
+  def local(q, k, v, segment_ids):
+    kernel = _splash_kernel(q.shape[1], q.shape[2], interpret)
+    ids = splash.SegmentIds(q=segment_ids, kv=segment_ids)
+    return jax.vmap(kernel)(q, k, v, segment_ids=ids)
+
+  sharded = jax.shard_map(local, in_specs=(spec, spec, spec, P(batch_axes, None)), out_specs=spec,
+                          check_vma=False)
+  scale = q.shape[-1] ** -0.5  # the kernel does not scale the logits
+  to_heads_major = lambda x: jnp.swapaxes(x, 1, 2)
+  out = sharded(to_heads_major(q * jnp.asarray(scale, q.dtype)), to_heads_major(k), to_heads_major(v),
+                segment_ids)
+  return to_heads_major(out)
+
+
+def nn_dot_product_attention(q, k, v, segment_ids, implementation: str):
+  """`jax.nn.dot_product_attention` with causal + same-segment masking (GQA native).
+
+  'cudnn' skips the causal upper triangle in-kernel; the segment mask enters as a [b, 1, s, s] bias.
+  implementation='xla' runs the same call on any platform (what the tests compare with the reference).
+  """
+  same_segment = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(q, k, v, mask=same_segment, is_causal=True, implementation=implementation)
+
+
 def attend(q, k, v, segment_ids, implementation: str):
   """q: [b, s, heads, d]; k, v: [b, s, kv_heads, d] (GQA: heads % kv_heads == 0) -> [b, s, heads, d]."""
   if implementation == "xla":
     return dot_product_attention(q, k, v, segment_ids)
+  if implementation == "splash":
+    return splash_attention(q, k, v, segment_ids)
+  if implementation == "cudnn":
+    return nn_dot_product_attention(q, k, v, segment_ids, "cudnn")
   raise ValueError(f"model.attention={implementation!r} is not one of {IMPLEMENTATIONS}")

@@ -11,6 +11,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
 
 IMPLEMENTATIONS = ("grouped", "masked")
 GROUPS = ("attention", "qk_norm", "mlp", "block_norms", "final_norm")  # weight groups that can be untied
@@ -36,15 +37,27 @@ def select(routing: Routing, param):
   return jnp.tensordot(onehot, param, axes=1)
 
 
-def _grouped_local(x, expert, kernels, num_experts: int):
-  """One batch shard: its tokens sorted by expert, one `ragged_dot` per kernel, the result unsorted."""
+def _grouped_matmul(lhs, rhs, group_sizes, use_kernel: bool):
+  """lhs [m, k] (rows grouped) @ rhs [groups, k, n]. On TPU, with `use_kernel`, megablox's Pallas kernels
+  (gmm; tgmm for the weight gradient, which `lax.ragged_dot`'s transpose computes for every group);
+  elsewhere `lax.ragged_dot`."""
+  if not use_kernel:
+    return jax.lax.ragged_dot(lhs, rhs, group_sizes)
+  tiling = (128, min(128, lhs.shape[1]), min(128, rhs.shape[2]))
+  kernel = functools.partial(megablox.gmm, preferred_element_type=lhs.dtype, tiling=tiling)
+  return jax.lax.platform_dependent(lhs, rhs, group_sizes, tpu=kernel, default=jax.lax.ragged_dot)
+
+
+def _grouped_local(x, expert, kernels, num_experts: int, use_kernel: bool):
+  """One batch shard: its tokens sorted by expert, one grouped matmul per kernel, the result unsorted."""
   b, s, i = x.shape
   flat, e = x.reshape(b * s, i), expert.reshape(b * s)
   order = jnp.argsort(e, stable=True)
   inverse = jnp.argsort(order)
   sizes = jnp.sum(e[:, None] == jnp.arange(num_experts), axis=0, dtype=jnp.int32)
   grouped = flat[order]
-  return [jax.lax.ragged_dot(grouped, k, sizes)[inverse].reshape(b, s, -1) for k in kernels]
+  use_kernel = use_kernel and (b * s) % 128 == 0  # megablox tiles rows by 128
+  return [_grouped_matmul(grouped, k, sizes, use_kernel)[inverse].reshape(b, s, -1) for k in kernels]
 
 
 def _batch_mesh_axes(batch_size: int):
@@ -70,13 +83,19 @@ def matmuls(routing: Routing, x, kernels):
   if routing.impl == "masked":
     onehot = jax.nn.one_hot(routing.expert, routing.num_experts, dtype=x.dtype)  # [b, s, experts]
     return [jnp.einsum("bsx,bsxo->bso", onehot, jnp.einsum("bsi,xio->bsxo", x, k)) for k in kernels]
-  local = functools.partial(_grouped_local, num_experts=routing.num_experts)
   axes = _batch_mesh_axes(x.shape[0])
-  if not axes:
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return _grouped_local(x, routing.expert, kernels, routing.num_experts, use_kernel=True)
+  # The Pallas kernel cannot be split by the compiler: it runs only where every sharded axis is manual.
+  whole = all(mesh.shape[a] == 1 or a in axes for a in mesh.axis_names)
+  manual = set(mesh.axis_names) if whole else set(axes)
+  local = functools.partial(_grouped_local, num_experts=routing.num_experts, use_kernel=whole)
+  if not manual:
     return local(x, routing.expert, kernels)
-  rows = jax.sharding.PartitionSpec(axes)
-  return jax.shard_map(local, mesh=jax.sharding.get_abstract_mesh(), in_specs=(rows, rows, jax.sharding.PartitionSpec()),
-                       out_specs=rows, axis_names=set(axes), check_vma=False)(x, routing.expert, kernels)
+  rows, whole_array = jax.sharding.PartitionSpec(axes or None), jax.sharding.PartitionSpec()
+  return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, whole_array), out_specs=rows, axis_names=manual,
+                       check_vma=False)(x, routing.expert, kernels)
 
 
 def upcycle(dense_params, mot_logical_specs, num_experts: int):
