@@ -28,6 +28,8 @@ setup(
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],
         # Install torch==2.13.0 first (CPU build from local disk); this range then adds nothing.
         "torch": ["torch>=2.9,<2.15", "transformers>=5.0,<6", "safetensors>=0.5,<1"],
+        # libtpu matching the installed jax: ahead-of-time compilation for TPU topologies on any host.
+        "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     },
     entry_points={"console_scripts": ["unimodal-train=unimodal_jax.train.main:run"]},
 )

@@ -1,7 +1,7 @@
 """Mixture-of-Transformers against the dense model at the same dimensions: dense, MoT grouped (ragged
 matmuls) and MoT masked (every expert on every token).
 
-  python benchmarks/mot.py [--config demo] [--steps 5] [--tpu v5e:2x4]
+  python benchmarks/mot.py [--config demo] [--steps 5] [--tpu v5e-8]
 
 CPU: step time of the real train step. TPU (needs `pip install libtpu`; no TPU needed): FLOPs of the
 real train step compiled ahead of time for a TPU topology, where `ragged_dot` lowers to grouped
@@ -15,15 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import topologies
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from step_time import full_batch, load_config, measure
-from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model import experts
-from unimodal_jax.model.transformer import Block, Transformer
-from unimodal_jax.parallel import mesh as mesh_lib
-from unimodal_jax.train import state as state_lib, step as step_lib
+from unimodal_jax.model.transformer import Block
+from unimodal_jax.parallel import mesh as mesh_lib, topology
+from unimodal_jax.train import aot
 
 VARIANTS = (("dense", 1, "grouped"), ("MoT grouped", 2, "grouped"), ("MoT masked", 2, "masked"))
 
@@ -34,29 +32,10 @@ def variant(name: str, num_experts: int, impl: str):
   return config
 
 
-def tpu_devices(topology: str):
-  """Devices of a single-host TPU topology, e.g. 'v5e:2x4' (8 v5e chips), without a TPU."""
-  x, y = map(int, topology.split(":")[1].split("x"))
-  return topologies.get_topology_desc(platform="tpu", topology_name=topology, chip_config_name="default",
-                                      chips_per_host_bounds=(x, y, 1), num_slices=1,
-                                      wrap=(False, False, False)).devices
-
-
 def train_step_flops(config, devices) -> float:
-  """FLOPs of the whole train step (1 scanned layer counted once) compiled for `devices`."""
+  """FLOPs of the whole train step (1 scanned layer, counted once) compiled for `devices`."""
   config.model.num_layers = 1
-  vocab, model = from_config(config), Transformer(config.model)
-  mesh, rules = mesh_lib.create_mesh(config.mesh, devices=devices), mesh_lib.axis_rules(config)
-  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
-  shardings = state_lib.state_shardings(model, tx, mesh, rules, config.data.seq_len)
-  state = state_lib.abstract_state(model, tx, config.data.seq_len, shardings)
-  batch_sh = mesh_lib.batch_sharding(mesh)
-  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sh),
-                       full_batch(config, np.random.default_rng(0)))
-  step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
-                                     schedule=state_lib.make_schedule(config.optim, config.train.num_steps))
-  with mesh_lib.mesh_context(mesh, rules):
-    return step.lower(state, batch).compile().cost_analysis()["flops"]
+  return aot.lower_train_step(config, devices).compile().cost_analysis()["flops"]
 
 
 def layer_flops(config, devices) -> float:
@@ -86,10 +65,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="demo")
   parser.add_argument("--steps", type=int, default=5)
-  parser.add_argument("--tpu", default="", help="a TPU topology to compile for, e.g. v5e:2x4; '' = CPU timing")
+  parser.add_argument("--tpu", default="", help="a TPU topology to compile for, e.g. v5e-8; '' = CPU timing")
   args = parser.parse_args()
   if args.tpu:
-    devices = tpu_devices(args.tpu)
+    devices = topology.tpu_devices(args.tpu)
     print(f"AOT for {len(devices)} x {devices[0].device_kind} ({args.tpu}); jax {jax.__version__}; "
           f"config {args.config}\n")
     print("| model | train step FLOPs (1 layer) | / dense | one layer fwd+bwd FLOPs | / dense |")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
 
 IMPLEMENTATIONS = ("grouped", "masked")
+_TILE = 128  # megablox tile (rows, contracting, output); other shapes use lax.ragged_dot
 GROUPS = ("attention", "qk_norm", "mlp", "block_norms", "final_norm")  # weight groups that can be untied
 
 
@@ -41,10 +42,10 @@ def _grouped_matmul(lhs, rhs, group_sizes, use_kernel: bool):
   """lhs [m, k] (rows grouped) @ rhs [groups, k, n]. On TPU, with `use_kernel`, megablox's Pallas kernels
   (gmm; tgmm for the weight gradient, which `lax.ragged_dot`'s transpose computes for every group);
   elsewhere `lax.ragged_dot`."""
-  if not use_kernel:
+  (m, k), n = lhs.shape, rhs.shape[2]
+  if not (use_kernel and m % _TILE == 0 and k % _TILE == 0 and n % _TILE == 0):  # the kernel's tiles
     return jax.lax.ragged_dot(lhs, rhs, group_sizes)
-  tiling = (128, min(128, lhs.shape[1]), min(128, rhs.shape[2]))
-  kernel = functools.partial(megablox.gmm, preferred_element_type=lhs.dtype, tiling=tiling)
+  kernel = functools.partial(megablox.gmm, preferred_element_type=lhs.dtype, tiling=(_TILE,) * 3)
   return jax.lax.platform_dependent(lhs, rhs, group_sizes, tpu=kernel, default=jax.lax.ragged_dot)
 
 
@@ -56,7 +57,6 @@ def _grouped_local(x, expert, kernels, num_experts: int, use_kernel: bool):
   inverse = jnp.argsort(order)
   sizes = jnp.sum(e[:, None] == jnp.arange(num_experts), axis=0, dtype=jnp.int32)
   grouped = flat[order]
-  use_kernel = use_kernel and (b * s) % 128 == 0  # megablox tiles rows by 128
   return [_grouped_matmul(grouped, k, sizes, use_kernel)[inverse].reshape(b, s, -1) for k in kernels]
 
 
