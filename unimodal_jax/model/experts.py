@@ -49,53 +49,59 @@ def _grouped_matmul(lhs, rhs, group_sizes, use_kernel: bool):
   return jax.lax.platform_dependent(lhs, rhs, group_sizes, tpu=kernel, default=jax.lax.ragged_dot)
 
 
-def _grouped_local(x, expert, kernels, num_experts: int, use_kernel: bool):
-  """One batch shard: its tokens sorted by expert, one grouped matmul per kernel, the result unsorted."""
+def _grouped_local(x, expert, kernels, num_experts: int, use_kernel: bool, reduce_axes=()):
+  """One shard: its tokens sorted by expert, one grouped matmul per kernel, the result unsorted; partial
+  products of a row-parallel kernel are summed over `reduce_axes`."""
   b, s, i = x.shape
   flat, e = x.reshape(b * s, i), expert.reshape(b * s)
   order = jnp.argsort(e, stable=True)
   inverse = jnp.argsort(order)
   sizes = jnp.sum(e[:, None] == jnp.arange(num_experts), axis=0, dtype=jnp.int32)
   grouped = flat[order]
-  return [_grouped_matmul(grouped, k, sizes, use_kernel)[inverse].reshape(b, s, -1) for k in kernels]
+  ys = [_grouped_matmul(grouped, k, sizes, use_kernel)[inverse].reshape(b, s, -1) for k in kernels]
+  return [jax.lax.psum(y, reduce_axes) for y in ys] if reduce_axes else ys
 
 
-def _batch_mesh_axes(batch_size: int):
-  """Mesh axes the batch is sharded over in the current mesh/rules context; empty outside one, or when
-  `batch_size` does not divide over them (e.g. the one-row batch of parameter initialisation)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return ()
-  axes = nn.logical_to_mesh_axes(("activation_batch",))[0]
+def _sharded_mesh_axes(logical: str, mesh) -> tuple:
+  """The mesh axes (of size > 1) the logical activation axis maps to under the current rules."""
+  axes = nn.logical_to_mesh_axes((logical,))[0]
   axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  axes = tuple(a for a in axes if mesh.shape[a] > 1)
-  return axes if batch_size % math.prod(mesh.shape[a] for a in axes) == 0 else ()
+  return tuple(a for a in axes if mesh.shape[a] > 1)
 
 
-def matmuls(routing: Routing, x, kernels):
+def matmuls(routing: Routing, x, kernels, parallel: tuple[str, str]):
   """x [b, s, i] through each per-expert kernel [experts, i, o] -> a list of [b, s, o].
 
-  Grouped: within each batch shard (shard_map over the batch's mesh axes, so sorting never moves
-  tokens across devices) tokens are sorted by expert once for all kernels, multiplied group by group
-  with `lax.ragged_dot`, and unsorted. Kernels enter whole over the batch axes (the FSDP all-gather);
-  other axes (tensor parallelism) stay with the compiler.
+  `parallel` = (side, logical axis): tensor parallelism splits the kernels' 'out' dimension (column-
+  parallel: q, k, v, wi) or their 'in' dimension (row-parallel: o, wo), along that logical axis.
+  Grouped: under a mesh, a shard_map with every axis manual: each device sorts its own rows' tokens by
+  expert (no token moves between devices), multiplies group by group (megablox on TPU, else
+  `lax.ragged_dot`) with its slice of each kernel, unsorts, and sums row-parallel partial products.
+  Kernels enter whole over the batch axes (the FSDP all-gather).
   """
   if routing.impl == "masked":
     onehot = jax.nn.one_hot(routing.expert, routing.num_experts, dtype=x.dtype)  # [b, s, experts]
     return [jnp.einsum("bsx,bsxo->bso", onehot, jnp.einsum("bsi,xio->bsxo", x, k)) for k in kernels]
-  axes = _batch_mesh_axes(x.shape[0])
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return _grouped_local(x, routing.expert, kernels, routing.num_experts, use_kernel=True)
-  # The Pallas kernel cannot be split by the compiler: it runs only where every sharded axis is manual.
-  whole = all(mesh.shape[a] == 1 or a in axes for a in mesh.axis_names)
-  manual = set(mesh.axis_names) if whole else set(axes)
-  local = functools.partial(_grouped_local, num_experts=routing.num_experts, use_kernel=whole)
-  if not manual:
-    return local(x, routing.expert, kernels)
-  rows, whole_array = jax.sharding.PartitionSpec(axes or None), jax.sharding.PartitionSpec()
-  return jax.shard_map(local, mesh=mesh, in_specs=(rows, rows, whole_array), out_specs=rows, axis_names=manual,
-                       check_vma=False)(x, routing.expert, kernels)
+  rows = _sharded_mesh_axes("activation_batch", mesh)
+  if x.shape[0] % math.prod(mesh.shape[a] for a in rows):
+    rows = ()  # e.g. the one-row batch of parameter initialisation: every device takes the whole batch
+  side, logical = parallel
+  tensor = _sharded_mesh_axes(logical, mesh)
+  if any(mesh.shape[a] > 1 and a not in rows + tensor for a in mesh.axis_names):
+    # A sharded axis this function does not split by hand: leave the whole computation to the compiler.
+    return _grouped_local(x, routing.expert, kernels, routing.num_experts, use_kernel=False)
+  P, r, t = jax.sharding.PartitionSpec, rows or None, tensor or None
+  if side == "out":
+    x_spec, k_spec, out_spec, reduce_axes = P(r, None, None), P(None, None, t), P(r, None, t), ()
+  else:
+    x_spec, k_spec, out_spec, reduce_axes = P(r, None, t), P(None, t, None), P(r, None, None), tensor
+  local = functools.partial(_grouped_local, num_experts=routing.num_experts, use_kernel=True,
+                            reduce_axes=reduce_axes)
+  return jax.shard_map(local, mesh=mesh, in_specs=(x_spec, P(r), k_spec), out_specs=out_spec,
+                       axis_names=set(mesh.axis_names), check_vma=False)(x, routing.expert, kernels)
 
 
 def upcycle(dense_params, mot_logical_specs, num_experts: int):

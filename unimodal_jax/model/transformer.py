@@ -42,13 +42,16 @@ def per_token(param, routing, untied: bool):
   return experts.select(routing, param) if untied else param
 
 
-def linear(x, kernels, routing, untied: bool):
-  """x [b, s, *in] times each kernel [(experts,) *in, *out] -> a list of [b, s, *out]."""
+def linear(x, kernels, routing, untied: bool, parallel: tuple[str, str]):
+  """x [b, s, *in] times each kernel [(experts,) *in, *out] -> a list of [b, s, *out].
+
+  `parallel`: the side ('in' or 'out') and logical axis that tensor parallelism splits (for MoT).
+  """
   lead, n_in = int(untied), x.ndim - 2
   flat_x = x.reshape(*x.shape[:2], -1)
   out_shapes = [k.shape[lead + n_in:] for k in kernels]
   flat = [k.reshape(*k.shape[:lead], flat_x.shape[-1], -1).astype(x.dtype) for k in kernels]
-  ys = experts.matmuls(routing, flat_x, flat) if untied else [flat_x @ k for k in flat]
+  ys = experts.matmuls(routing, flat_x, flat, parallel) if untied else [flat_x @ k for k in flat]
   return [y.reshape(*x.shape[:2], *shape) for y, shape in zip(ys, out_shapes)]
 
 
@@ -112,7 +115,7 @@ class Attention(nn.Module):
     heads = {"q": (c.num_heads, "heads"), "k": (c.num_kv_heads, "kv_heads"), "v": (c.num_kv_heads, "kv_heads")}
     kernels = [self._kernel(f"{p}_kernel", (c.embed_dim, h, c.head_dim), ("embed", axis, "head_dim"), c.embed_dim, n)
                for p, (h, axis) in heads.items()]
-    q, k, v = linear(x, kernels, routing, untied)
+    q, k, v = linear(x, kernels, routing, untied, ("out", "activation_heads"))
     if c.qkv_bias:
       q, k, v = [y + per_token(_param(self, f"{p}_bias", nn.initializers.zeros, (h, c.head_dim), (axis, "head_dim"), n),
                                routing, untied).astype(y.dtype) for y, (p, (h, axis)) in zip((q, k, v), heads.items())]
@@ -128,7 +131,7 @@ class Attention(nn.Module):
     out = attention.attend(q, k, v, segment_ids, c.attention)
     o_kernel = self._kernel("o_kernel", (c.num_heads, c.head_dim, c.embed_dim), ("heads", "head_dim", "embed"),
                             c.num_heads * c.head_dim, n)
-    return linear(out, [o_kernel], routing, untied)[0]
+    return linear(out, [o_kernel], routing, untied, ("in", "activation_heads"))[0]
 
 
 class MLP(nn.Module):
@@ -143,9 +146,9 @@ class MLP(nn.Module):
     wi_0 = _param(self, "wi_0", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"), n)
     wi_1 = _param(self, "wi_1", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"), n)
     wo = _param(self, "wo", _dense_init(c.mlp_dim), (c.mlp_dim, c.embed_dim), ("mlp", "embed"), n)
-    gate, up = linear(x, [wi_0, wi_1], routing, untied)
+    gate, up = linear(x, [wi_0, wi_1], routing, untied, ("out", "activation_mlp"))
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-    return linear(h, [wo], routing, untied)[0]
+    return linear(h, [wo], routing, untied, ("in", "activation_mlp"))[0]
 
 
 class Block(nn.Module):
