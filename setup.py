@@ -31,5 +31,8 @@ setup(
         # libtpu matching the installed jax: ahead-of-time compilation for TPU topologies on any host.
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     },
-    entry_points={"console_scripts": ["unimodal-train=unimodal_jax.train.main:run"]},
+    entry_points={"console_scripts": [
+        "unimodal-train=unimodal_jax.train.main:run",
+        "unimodal-convert=unimodal_jax.convert.main:run",
+    ]},
 )

@@ -135,9 +135,10 @@ def test_text_only_batch_never_touches_the_image_expert(mot, impl):
   np.testing.assert_array_equal(model.apply({"params": params}, batch), model.apply({"params": perturbed}, batch))
 
 
-def test_training_run_upcycles_from_a_dense_checkpoint(tmp_path):
-  """`train.upcycle_from`: the MoT run's first loss is the dense checkpoint's loss on the same batch."""
-  dense_dir, mot_dir = tmp_path / "dense", tmp_path / "mot"
+def test_training_runs_start_from_a_dense_checkpoint(tmp_path):
+  """`train.upcycle_from` (MoT) and `train.init_from` (dense): each run's first loss is the dense
+  checkpoint's loss on the same batch."""
+  dense_dir, mot_dir, again_dir = tmp_path / "dense", tmp_path / "mot", tmp_path / "again"
   dense_config = load_config("tiny")
   dense_config.train.num_steps, dense_config.train.checkpoint_every = 3, 3
   loop.train(dense_config, str(dense_dir))
@@ -160,6 +161,13 @@ def test_training_run_upcycles_from_a_dense_checkpoint(tmp_path):
                                           vocab=from_config(c), z_loss=c.model.z_loss)[0])  # 3 steps moved it
   np.testing.assert_allclose(first_loss, expected, rtol=1e-5)
   assert os.path.isdir(mot_dir / "checkpoints" / "1")
+
+  dense_config.data.dir = c.data.dir
+  dense_config.train.num_steps, dense_config.train.log_every = 1, 1
+  dense_config.train.init_from = c.train.upcycle_from
+  loop.train(dense_config, str(again_dir))
+  np.testing.assert_allclose(metrics_lib.read_metrics(str(again_dir / "metrics.jsonl"))[0]["loss"], expected,
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 2, 2)], ids=["data8", "data2_fsdp2_tensor2"])

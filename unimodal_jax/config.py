@@ -114,6 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
   c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = unknown (MFU not logged)
+  c.train.init_from = ""  # params (only) of a checkpoint step dir to start from, e.g. `unimodal-convert from-hf`
   c.train.upcycle_from = ""  # MoT only: a dense run's checkpoint step dir; every expert starts as its weights
   return c
 
@@ -197,6 +198,8 @@ def validate(config, num_devices: int, process_count: int = 1):
                     ("vocab_size", m.vocab_size)):
     _check(size % tensor == 0, f"model.{key}", f"{size} is not divisible by mesh.tensor={tensor}")
   _check(m.embed_dim % fsdp == 0, "model.embed_dim", f"{m.embed_dim} is not divisible by mesh.fsdp={fsdp}")
+  _check(not (t.init_from and t.upcycle_from), "train.init_from",
+         f"give init_from={t.init_from!r} or train.upcycle_from={t.upcycle_from!r}, not both")
   _check(not t.upcycle_from or m.num_experts > 1, "train.upcycle_from",
          f"upcycling initialises a Mixture-of-Transformers; model.num_experts={m.num_experts}")
   _check(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")

@@ -90,7 +90,10 @@ def train(config, workdir: str) -> dict:
   tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
   state, shardings = state_lib.create_state(model, tx, mesh, rules, jax.random.key(config.seed), config.data.seq_len)
   manager = checkpoint.make_manager(workdir, config.train)
-  if config.train.upcycle_from and manager.latest_step() is None:
+  if manager.latest_step() is None and config.train.init_from:
+    state = state.replace(params=checkpoint.restore_params(
+        config.train.init_from, state_lib.abstract_params(model, config.data.seq_len, shardings.params)))
+  if manager.latest_step() is None and config.train.upcycle_from:
     state = state.replace(params=upcycled_params(config, model, mesh, rules, shardings.params))
   state = checkpoint.restore_latest(manager, state, data_iter)
   train_step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,

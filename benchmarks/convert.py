@@ -1,0 +1,75 @@
+"""Time and peak RSS of `unimodal-convert` to-hf and from-hf for a ~1.1B-parameter random model.
+
+  python benchmarks/convert.py --workdir /tmp/convert_bench
+
+Chameleon's vocabulary (65,536 ids), 16 layers of width 2048. Writes a random checkpoint step in a run's layout
+(params only), runs both commands in fresh processes and prints a markdown table (results: docs/convert.md).
+The peak RSS is each command's own (VmHWM), whatever this script holds.
+"""
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from unimodal_jax.config import load_config_file
+from unimodal_jax.convert import checkpoint
+from unimodal_jax.model.transformer import Transformer
+from unimodal_jax.train import state as state_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(REPO, "configs", "chameleon_7b.py")
+MODEL = {"num_layers": 16, "embed_dim": 2048, "num_heads": 16, "num_kv_heads": 16, "head_dim": 128, "mlp_dim": 5632,
+         "dtype": "float32"}
+
+
+def write_random_checkpoint(step_dir: str) -> int:
+  """A step directory whose state/ holds random float32 params of the benchmark model; returns their count."""
+  config = load_config_file(CONFIG)
+  config.model.update(MODEL)
+  model = Transformer(config.model)
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(8))["params"]))
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda s: rng.standard_normal(s.shape, dtype=np.float32), shapes)
+  checkpoint.write_params(params, step_dir)  # the params item of a run's step; read_params reads nothing else
+  return sum(x.size for x in jax.tree.leaves(params))
+
+
+def run(command: list[str]) -> dict:
+  start = time.perf_counter()
+  out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+  if out.returncode:
+    sys.exit(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
+  seconds, rss = re.search(r": ([\d.]+) s, peak RSS (\d+) MiB", out.stdout).groups()
+  return {"convert_s": float(seconds), "process_s": time.perf_counter() - start, "peak_rss_mib": int(rss)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--self_check", action="store_true", help="also compare logits with transformers")
+  args = parser.parse_args()
+  step_dir, hf_dir, init_dir = (os.path.join(args.workdir, d) for d in ("checkpoints/0", "hf", "imported"))
+  count = write_random_checkpoint(step_dir)
+  cli = [sys.executable, "-m", "unimodal_jax.convert.main"]
+  model_flags = [f"--config={CONFIG}"] + [f"--config.model.{k}={v}" for k, v in MODEL.items()]
+  check = ["--self_check"] if args.self_check else []
+  rows = {f"to-hf --max_shard_gb={gb}": run(cli + ["to-hf", "--checkpoint", step_dir, "--out_dir", f"{hf_dir}_{gb}",
+                                                   f"--max_shard_gb={gb}"] + model_flags + check)
+          for gb in (2, 0.5)}
+  rows["from-hf"] = run(cli + ["from-hf", "--hf_dir", f"{hf_dir}_2", "--out_dir", init_dir] + model_flags + check)
+  print(f"{count / 1e9:.2f}B params ({4 * count / 2**30:.1f} GiB float32); {platform.node()}, {os.cpu_count()} CPUs")
+  print("| command | conversion (s) | process incl. imports (s) | peak RSS (MiB) |")
+  print("|---|---|---|---|")
+  for name, r in rows.items():
+    print(f"| {name} | {r['convert_s']:.1f} | {r['process_s']:.1f} | {r['peak_rss_mib']} |")
+
+
+if __name__ == "__main__":
+  main()

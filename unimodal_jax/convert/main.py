@@ -1,0 +1,122 @@
+"""`unimodal-convert`: a run's checkpoint -> a transformers Chameleon directory (to-hf), and back (from-hf).
+
+  unimodal-convert to-hf --config configs/tiny.py --checkpoint runs/tiny/checkpoints/20 --out_dir hf/tiny
+  unimodal-convert from-hf --hf_dir hf/tiny --out_dir runs/imported/init --config configs/tiny.py
+
+Each prints its time and peak RSS; --self_check then compares logits with transformers (needs torch).
+"""
+import resource
+import sys
+import time
+
+import tokenizers
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from unimodal_jax import config as config_lib
+from unimodal_jax.convert import checkpoint, hf_chameleon, parity, vocab_map
+from unimodal_jax.data import vocab as vocab_lib
+
+COMMANDS = ("to-hf", "from-hf")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A configs/*.py file. to-hf: the run's (required). from-hf: the config the imported model "
+    "should fit; the flags it lacks are printed (default: config.default_config()).", lock_config=True)
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
+                                  "to-hf: a checkpoint step directory, <workdir>/checkpoints/<step>.")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "from-hf: a transformers ChameleonForConditionalGeneration directory.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "to-hf: the transformers directory to write. from-hf: the checkpoint "
+                               "step directory to write (its state/ holds the params).")
+_TEXT_TOKENIZER = flags.DEFINE_string("text_tokenizer", None, "to-hf: our BPE tokenizer.json, whose tokens name the "
+                                      "text ids in the vocabulary_map (default: placeholder names).")
+_LAYOUT_FROM = flags.DEFINE_string("layout_from", None, "to-hf: a transformers Chameleon directory whose token ids to "
+                                   "export into, e.g. the one the run was imported from (default: our ids).")
+_MAX_SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "to-hf: the largest safetensors shard, in GB.")
+_SELF_CHECK = flags.DEFINE_bool("self_check", False, "Compare the logits of both models on a random batch.")
+_TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "--self_check: the largest relative logit error that passes.")
+
+
+def _required(flag):
+  if flag.value is None:
+    raise app.UsageError(f"--{flag.name} is required here")
+  return flag.value
+
+
+def _text_token_names(path):
+  if path is None:
+    return None
+  tokenizer = tokenizers.Tokenizer.from_file(path)
+  return [tokenizer.id_to_token(i) for i in range(tokenizer.get_vocab_size())]
+
+
+def to_hf():
+  """Returns what --self_check needs: model config, vocab, a loader of our params, the transformers dir."""
+  config, out_dir = _required(_CONFIG), _required(_OUT_DIR)
+  params = checkpoint.read_params(_required(_CHECKPOINT))
+  layout = None
+  if _LAYOUT_FROM.value:
+    layout = vocab_map.layout_from_config(hf_chameleon.read_config(_LAYOUT_FROM.value))
+  vocab = vocab_lib.from_config(config)
+  hf_chameleon.to_hf(params, config.model, vocab, out_dir, text_token_names=_text_token_names(_TEXT_TOKENIZER.value),
+                     layout=layout, max_shard_bytes=int(_MAX_SHARD_GB.value * 1e9), progress=True)
+  print(f"wrote {out_dir}: ChameleonForConditionalGeneration.from_pretrained({out_dir!r}) loads it")
+  return config.model, vocab, lambda: checkpoint.load_all(params), out_dir
+
+
+def run_flags(config, overrides: dict, vocab) -> list[str]:
+  """The --config.* flags that make `config` fit an imported model."""
+  wanted = {f"model.{k}": v for k, v in overrides.items()}
+  wanted.update({"vocab.text_size": vocab.text_size, "vq.num_codes": vocab.num_image_codes})
+  current = {key: config[key.split(".")[0]][key.split(".")[1]] for key in wanted}
+  return [f"--config.{key}={value}" for key, value in wanted.items() if current[key] != value]
+
+
+def from_hf():
+  """Like to_hf(), for the other direction."""
+  hf_dir, out_dir = _required(_HF_DIR), _required(_OUT_DIR)
+  params, overrides, vocab = hf_chameleon.from_hf(hf_dir, progress=True)
+  state_dir = checkpoint.write_params(params, out_dir)
+  config = _CONFIG.value or config_lib.default_config()
+  missing = run_flags(config, overrides, vocab)
+  print(f"wrote {state_dir} ({vocab}). The model fits --config "
+        + (f"with {' '.join(missing)}" if missing else "as given") + ". A MoT run starts from it with "
+        f"--config.train.upcycle_from={out_dir}; any run can read it with train.checkpoint.restore_params "
+        "(docs/convert.md).")
+  model_config = config.model.copy_and_resolve_references()
+  model_config.update(overrides)
+  return model_config, vocab, lambda: params, hf_dir
+
+
+def peak_rss_mib() -> float:
+  """This process's peak resident memory. VmHWM where /proc has it: unlike ru_maxrss, it does not start from
+  the parent's peak when a process is forked and exec'd."""
+  try:
+    with open("/proc/self/status") as f:
+      return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+  except OSError:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: unimodal-convert {{{','.join(COMMANDS)}}} --flags (got {argv[1:]})")
+  if not flags.FLAGS["verbosity"].present:  # orbax warns that a step's state/ has no metadata of its own (a
+    logging.set_verbosity(logging.ERROR)     # run keeps it one level up); --verbosity=0 brings warnings back
+  start = time.perf_counter()
+  model_config, vocab, load_params, hf_dir = to_hf() if argv[1] == "to-hf" else from_hf()
+  print(f"{argv[1]}: {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
+  if _SELF_CHECK.value:
+    from transformers.utils import logging as transformers_logging  # the torch extra: only the self-check needs it
+    transformers_logging.set_verbosity_error()  # its load report lists the VQ encoder weights we do not write
+    error = parity.max_relative_error(hf_dir, load_params(), model_config, vocab)
+    verdict = "passed" if error <= _TOLERANCE.value else "FAILED"
+    print(f"self-check {verdict}: max relative logit error vs transformers {error:.2e} (tolerance {_TOLERANCE.value})")
+    if verdict == "FAILED":
+      sys.exit(1)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
