@@ -34,5 +34,6 @@ setup(
     entry_points={"console_scripts": [
         "unimodal-train=unimodal_jax.train.main:run",
         "unimodal-convert=unimodal_jax.convert.main:run",
+        "unimodal-plan=unimodal_jax.parallel.plan_main:run",
     ]},
 )

@@ -61,26 +61,23 @@ def _splash_kernel(num_heads: int, seq_len: int, interpret: bool):
 def splash_attention(q, k, v, segment_ids, interpret: bool = False):
   """TPU splash attention with segment ids and GQA; same shapes as `dot_product_attention`.
 
-  Runs under `jax.set_mesh` and flax logical axis rules (the model's context): shard_map over the mesh
-  axes of `activation_batch` and `activation_heads`, one kernel per local row, as MaxText does. k and v
-  are split over the same axes as q's heads, which keeps each query head with its kv head (heads are
-  grouped contiguously and num_kv_heads divides by the head axes' size). `interpret=True` runs the
-  kernel on CPU (tests).
+  Under `jax.set_mesh` and flax logical axis rules (the model's context): shard_map over the mesh axes of
+  `activation_batch` and `activation_heads`, one kernel per local row, as MaxText does; without a mesh (shape
+  inference at init) the whole batch is local. k and v split over q's head axes: heads are grouped
+  contiguously and num_kv_heads divides by those axes' size, so each query head stays with its kv head.
+  `interpret=True` runs the kernel on CPU (tests).
   """
-  batch_axes, head_axes = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
-  spec = P(batch_axes, head_axes, None, None)  # [b, heads, s, d]
-
-  def local(q, k, v, segment_ids):
+  def local(q, k, v, segment_ids):  # [b, heads, s, d]
     kernel = _splash_kernel(q.shape[1], q.shape[2], interpret)
-    ids = splash.SegmentIds(q=segment_ids, kv=segment_ids)
-    return jax.vmap(kernel)(q, k, v, segment_ids=ids)
+    return jax.vmap(kernel)(q, k, v, segment_ids=splash.SegmentIds(q=segment_ids, kv=segment_ids))
 
-  sharded = jax.shard_map(local, in_specs=(spec, spec, spec, P(batch_axes, None)), out_specs=spec,
-                          check_vma=False)
+  if not jax.sharding.get_abstract_mesh().empty:
+    batch_axes, head_axes = nn.logical_to_mesh_axes(("activation_batch", "activation_heads"))
+    spec = P(batch_axes, head_axes, None, None)
+    local = jax.shard_map(local, in_specs=(spec, spec, spec, P(batch_axes, None)), out_specs=spec, check_vma=False)
   scale = q.shape[-1] ** -0.5  # the kernel does not scale the logits
   to_heads_major = lambda x: jnp.swapaxes(x, 1, 2)
-  out = sharded(to_heads_major(q * jnp.asarray(scale, q.dtype)), to_heads_major(k), to_heads_major(v),
-                segment_ids)
+  out = local(to_heads_major(q * jnp.asarray(scale, q.dtype)), to_heads_major(k), to_heads_major(v), segment_ids)
   return to_heads_major(out)
 
 

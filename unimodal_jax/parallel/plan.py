@@ -1,0 +1,166 @@
+"""Ahead-of-time plans: compile the real train step for a set of devices (a TPU pod from topology.py) and
+read per-chip memory and FLOPs from the executable. Builds everything as training does; allocates nothing.
+"""
+import dataclasses
+
+import jax
+
+from unimodal_jax import config as config_lib
+from unimodal_jax.data.batch import PackedBatch, dtypes
+from unimodal_jax.data.vocab import from_config
+from unimodal_jax.model import flops as flops_lib
+from unimodal_jax.model.transformer import Transformer
+from unimodal_jax.parallel import mesh as mesh_lib
+from unimodal_jax.train import state as state_lib, step as step_lib
+
+OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # how the TPU compiler says a program does not fit in HBM
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+  """Bytes per chip from the compiled executable's memory analysis."""
+  arguments: int  # train state shard + batch shard
+  outputs: int
+  aliased: int  # outputs written into donated arguments (the state)
+  temporaries: int  # activations, gradients, optimizer scratch
+  generated_code: int
+
+  @property
+  def peak(self) -> int:
+    """Everything live at once: an upper estimate of the high-water mark."""
+    return self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  mesh: tuple[int, int, int]  # (data, fsdp, tensor)
+  hbm_bytes: int  # usable per chip
+  memory: Memory | None  # None: the compiler ran out of HBM (see `error`)
+  error: str
+  flops_per_chip: float | None  # one step as compiled (remat recompute, XLA's full score squares) + kernels
+
+  @property
+  def fits(self) -> bool:
+    return self.memory is not None and self.memory.peak <= self.hbm_bytes
+
+
+def with_overrides(config, **sections):
+  """A copy of `config` with e.g. model={'num_layers': 1}, mesh={'fsdp': 8} applied."""
+  config = config.copy_and_resolve_references()
+  for section, values in sections.items():
+    config[section].update(values)
+  return config
+
+
+def abstract_batch(config, mesh) -> PackedBatch:
+  """ShapeDtypeStructs of a global PackedBatch, sharded as the train step expects."""
+  shape, sharding = (config.train.batch_size, config.data.seq_len), mesh_lib.batch_sharding(mesh)
+  return PackedBatch(**{name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+                        for name, dtype in dtypes().items()})
+
+
+def compile_train_step(config, devices):
+  """The real train step (model, AdamW, sharding rules, remat, attention) compiled for `devices`.
+
+  Raises jax.errors.JaxRuntimeError with RESOURCE_EXHAUSTED when the TPU compiler finds it does not fit.
+  """
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices > 1:  # plan only what training can run
+    raise config_lib.ConfigError(f"config.mesh: the devices span {slices} slices, but mesh.create_mesh builds a "
+                                 "single-slice mesh (multislice needs dcn_* mesh axes)")
+  vocab, model = from_config(config), Transformer(config.model)
+  mesh, rules = mesh_lib.create_mesh(config.mesh, devices=devices), mesh_lib.axis_rules(config)
+  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
+  shardings = state_lib.state_shardings(model, tx, mesh, rules, config.data.seq_len)
+  state = state_lib.abstract_state(model, tx, config.data.seq_len, shardings)
+  step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
+                                     schedule=state_lib.make_schedule(config.optim, config.train.num_steps))
+  with mesh_lib.mesh_context(mesh, rules):
+    return step.lower(state, abstract_batch(config, mesh)).compile()
+
+
+def memory_per_chip(compiled) -> Memory:
+  stats = compiled.memory_analysis()
+  return Memory(arguments=stats.argument_size_in_bytes, outputs=stats.output_size_in_bytes,
+                aliased=stats.alias_size_in_bytes, temporaries=stats.temp_size_in_bytes,
+                generated_code=stats.generated_code_size_in_bytes)
+
+
+def flops_per_chip(config, devices) -> float:
+  """FLOPs per chip of one train step: XLA's count corrected for `nn.scan`, plus the Pallas kernels'.
+
+  XLA's cost analysis counts a while-loop body once, whatever its trip count; a loop of one trip is
+  inlined, and XLA then merges the remat recompute with the forward (prevent_cse=False), which no deeper
+  model gets. So the stack is compiled at 0, 2 and 3 layers: F(2) - F(0) = 2 b + body and F(3) - F(2) = b,
+  where b is a layer's cost outside the loop (its optimizer update, independent of the batch) and body one
+  trip of the loops (forward, recompute, backward); then F(L) = F(0) + L (b + body). The variants compile
+  at 1 and 2 rows per batch shard (small enough where the full step does not fit), and every term is
+  affine in the rows, so F is extrapolated linearly to the real rows per shard.
+  """
+  data, fsdp, _ = config_lib.validate(config, len(devices))
+
+  def flops(num_layers: int, rows: int) -> float:
+    variant = with_overrides(config, model={"num_layers": num_layers}, train={"batch_size": rows * data * fsdp})
+    return compile_train_step(variant, devices).cost_analysis()["flops"]
+
+  f = {(n, rows): flops(n, rows) for n, rows in ((0, 1), (0, 2), (2, 1), (2, 2), (3, 1))}
+  b = f[3, 1] - f[2, 1]
+  at_rows = {rows: f[0, rows] + config.model.num_layers * (f[2, rows] - f[0, rows] - b) for rows in (1, 2)}
+  rows = config.train.batch_size // (data * fsdp)
+  xla = at_rows[1] + (rows - 1) * (at_rows[2] - at_rows[1])
+  return xla + kernel_flops_per_chip(config, len(devices))
+
+
+def kernel_flops_per_chip(config, num_devices: int) -> float:
+  """FLOPs per chip of the Pallas attention kernels, which XLA's cost analysis cannot see into (0 for XLA).
+
+  Splash computes the causal half: forward, backward as 2 forwards, and one more forward recomputed in the
+  backward under any remat policy (a kernel output is not a saveable dot).
+  """
+  if config.model.attention != "splash":
+    return 0.0
+  m = config.model
+  forwards = 3 + (m.remat_policy != "none")
+  tokens = config.train.batch_size * config.data.seq_len
+  return forwards * m.num_layers * flops_lib.attention_flops(m, config.data.seq_len) * tokens / num_devices
+
+
+def model_flops(config) -> float:
+  """Model FLOPs of one step as MFU counts them (model/flops.py: 3x forward, causal attention, no remat)."""
+  tokens = config.train.batch_size * config.data.seq_len
+  return tokens * flops_lib.train_flops_per_token(config.model, config.data.seq_len)
+
+
+def make_plan(config, devices, hbm_bytes: int, with_flops: bool = True) -> Plan:
+  """Validate `config` for len(devices), compile its train step and measure it. Raises ConfigError."""
+  mesh = config_lib.validate(config, len(devices))
+  memory, error = _unless_out_of_memory(lambda: memory_per_chip(compile_train_step(config, devices)))
+  flops = _unless_out_of_memory(lambda: flops_per_chip(config, devices))[0] if with_flops else None
+  return Plan(mesh=mesh, hbm_bytes=hbm_bytes, memory=memory, error=error, flops_per_chip=flops)
+
+
+def _unless_out_of_memory(compile_fn):
+  """(compile_fn(), '') or (None, the compiler's message) when it ran out of HBM; other errors propagate."""
+  try:
+    return compile_fn(), ""
+  except jax.errors.JaxRuntimeError as e:
+    if OUT_OF_MEMORY not in str(e):
+      raise
+    return None, str(e).splitlines()[0]
+
+
+def mesh_shapes(config, num_devices: int) -> list[tuple[int, int, int]]:
+  """Every (data, fsdp, tensor) with product num_devices that `config.validate` accepts."""
+  shapes = []
+  for data in range(1, num_devices + 1):
+    for fsdp in range(1, num_devices // data + 1):
+      tensor = num_devices // (data * fsdp)
+      if data * fsdp * tensor != num_devices:
+        continue
+      try:
+        config_lib.validate(with_overrides(config, mesh={"data": data, "fsdp": fsdp, "tensor": tensor}),
+                            num_devices)
+      except config_lib.ConfigError:
+        continue
+      shapes.append((data, fsdp, tensor))
+  return shapes
