@@ -6,12 +6,8 @@ import dataclasses
 import jax
 
 from unimodal_jax import config as config_lib
-from unimodal_jax.data.batch import PackedBatch, dtypes
-from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model import flops as flops_lib
-from unimodal_jax.model.transformer import Transformer
-from unimodal_jax.parallel import mesh as mesh_lib
-from unimodal_jax.train import state as state_lib, step as step_lib
+from unimodal_jax.train import aot
 
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # how the TPU compiler says a program does not fit in HBM
 
@@ -52,13 +48,6 @@ def with_overrides(config, **sections):
   return config
 
 
-def abstract_batch(config, mesh) -> PackedBatch:
-  """ShapeDtypeStructs of a global PackedBatch, sharded as the train step expects."""
-  shape, sharding = (config.train.batch_size, config.data.seq_len), mesh_lib.batch_sharding(mesh)
-  return PackedBatch(**{name: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-                        for name, dtype in dtypes().items()})
-
-
 def compile_train_step(config, devices):
   """The real train step (model, AdamW, sharding rules, remat, attention) compiled for `devices`.
 
@@ -68,15 +57,7 @@ def compile_train_step(config, devices):
   if slices > 1:  # plan only what training can run
     raise config_lib.ConfigError(f"config.mesh: the devices span {slices} slices, but mesh.create_mesh builds a "
                                  "single-slice mesh (multislice needs dcn_* mesh axes)")
-  vocab, model = from_config(config), Transformer(config.model)
-  mesh, rules = mesh_lib.create_mesh(config.mesh, devices=devices), mesh_lib.axis_rules(config)
-  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
-  shardings = state_lib.state_shardings(model, tx, mesh, rules, config.data.seq_len)
-  state = state_lib.abstract_state(model, tx, config.data.seq_len, shardings)
-  step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
-                                     schedule=state_lib.make_schedule(config.optim, config.train.num_steps))
-  with mesh_lib.mesh_context(mesh, rules):
-    return step.lower(state, abstract_batch(config, mesh)).compile()
+  return aot.lower_train_step(config, devices).compile()
 
 
 def memory_per_chip(compiled) -> Memory:
