@@ -1,38 +1,21 @@
 """Chameleon-34B shapes (Team Chameleon 2024): swin norm order, GQA (64 heads, 8 kv), QK-norm, z-loss.
 
-Same vocabulary and image tokenization as configs/chameleon_7b.py. For a TPU pod.
+Same vocabulary, image tokenization, data and optimizer as configs/chameleon_7b.py. For a TPU pod.
 """
-from unimodal_jax.config import default_config
+import os
+
+from unimodal_jax.config import load_config_file
 
 
 def get_config():
-  c = default_config()
-  c.vocab.text_size = 65536 - 8192 - 2
-  c.vq.kind = "vqgan"
-  c.vq.image_size = 512
-  c.vq.patch_size = 16  # the VQGAN's downsampling factor: 32x32 codes
-  c.vq.num_codes = 8192
-  c.data.source = "shards"
-  c.data.dir = ""  # set on the command line: --config.data.dir=<tokenized shards>
-  c.data.seq_len = 4096
-  c.model.vocab_size = 65536
+  c = load_config_file(os.path.join(os.path.dirname(__file__), "chameleon_7b.py"))
   c.model.num_layers = 48
   c.model.embed_dim = 8192
   c.model.num_heads = 64
   c.model.num_kv_heads = 8
   c.model.head_dim = 128
   c.model.mlp_dim = 22016
-  c.model.qk_norm = "layernorm"
   c.model.norm_order = "swin"
-  c.model.dropout_rate = 0.0
-  c.model.z_loss = 1e-5
+  c.model.dropout_rate = 0.0  # the paper uses dropout only for the pre-norm 7B
   c.model.remat_policy = "full"
-  c.model.dtype = "bfloat16"
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  c.train.batch_size = 2048
-  c.train.num_steps = 250_000
-  c.optim.learning_rate = 1e-4
-  c.optim.warmup_steps = 4000
-  c.optim.end_lr_ratio = 0.0
   return c
