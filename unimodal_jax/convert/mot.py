@@ -1,0 +1,252 @@
+"""Our param tree (dense or Mixture-of-Transformers) <-> a PyTorch directory in BAGEL's naming (config.json, safetensors).
+
+Qwen2-style names for the text (understanding) expert; the image (generation) expert adds BAGEL's `_moe_gen` suffix
+(`q_proj_moe_gen`, `mlp_moe_gen`, `norm_moe_gen`). Groups not in `model.mot_untied` export once, without a suffix.
+Both directions go tensor by tensor with numpy and safetensors; `torch_mot.py` is the PyTorch model that reads it.
+"""
+import dataclasses
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+import tqdm
+from safetensors.numpy import save_file
+
+from unimodal_jax.convert.hf_chameleon import (
+    INDEX_FILE, ConversionError, _insert, _leaf_paths, _node, _read, _shards, _tensor_files, _write_json)
+from unimodal_jax.data import vocab as vocab_lib
+from unimodal_jax.model import experts
+
+ARCHITECTURE = "UnimodalMoTForCausalLM"
+EXPERT_SUFFIXES = ("", "_moe_gen")  # BAGEL: the understanding expert keeps Qwen2's names; generation adds _moe_gen
+QK_NORMS = ("none", "layernorm", "rmsnorm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Tensor:
+  """One PyTorch tensor and the part of our tree it holds.
+
+  kind: 'linear' (our [in..., out...] kernel <-> its [out, in] weight), 'transpose' (our [embed, vocab] head <-> its
+  [vocab, embed] lm_head), 'reshape'. Our leaf is [(layers,) (experts,) *our_shape]; `layer`/`expert` index it.
+  """
+
+  name: str
+  ours: str  # '/'-joined path in our tree
+  layer: int | None
+  expert: int | None
+  shape: tuple  # PyTorch's
+  our_shape: tuple  # ours, for one layer and one expert
+  kind: str
+
+
+def _group_tensors(m) -> dict:
+  """Per weight group (experts.GROUPS, plus 'shared'): (name template, our path, its shape, our shape, kind, stacked).
+  `{x}` in a name is where the expert suffix goes."""
+  e, h, kv, d, mlp, v = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim, m.vocab_size
+  layer = "model.layers.{i}."
+  shared = [("model.embed_tokens.weight", "embedding", (v, e), (v, e), "reshape", False)]
+  if not m.tie_embeddings:
+    shared.append(("lm_head.weight", "lm_head", (v, e), (e, v), "transpose", False))
+  attention = [(f"{layer}self_attn.{p}_proj{{x}}.weight", f"layers/attn/{p}_kernel", (n * d, e), (e, n, d), "linear",
+                True) for p, n in (("q", h), ("k", kv), ("v", kv))]
+  attention.append((f"{layer}self_attn.o_proj{{x}}.weight", "layers/attn/o_kernel", (e, h * d), (h, d, e), "linear",
+                    True))
+  if m.qkv_bias:
+    attention += [(f"{layer}self_attn.{p}_proj{{x}}.bias", f"layers/attn/{p}_bias", (n * d,), (n, d), "reshape", True)
+                  for p, n in (("q", h), ("k", kv), ("v", kv))]
+  qk_norm = []
+  if m.qk_norm != "none":
+    params = (("weight", "scale"), ("bias", "bias")) if m.qk_norm == "layernorm" else (("weight", "scale"),)
+    qk_norm = [(f"{layer}self_attn.{p}_norm{{x}}.{theirs}", f"layers/attn/{p}_norm/{ours}", (n, d), (n, d), "reshape",
+                True) for p, n in (("q", h), ("k", kv)) for theirs, ours in params]
+  return {
+      "shared": shared,
+      "attention": attention,
+      "qk_norm": qk_norm,
+      "mlp": [(f"{layer}mlp{{x}}.{p}_proj.weight", f"layers/mlp/{ours}", shape[::-1], shape, "linear", True)
+              for p, ours, shape in (("gate", "wi_0", (e, mlp)), ("up", "wi_1", (e, mlp)), ("down", "wo", (mlp, e)))],
+      "block_norms": [(f"{layer}input_layernorm{{x}}.weight", "layers/attn_norm/scale", (e,), (e,), "reshape", True),
+                      (f"{layer}post_attention_layernorm{{x}}.weight", "layers/mlp_norm/scale", (e,), (e,), "reshape",
+                       True)],
+      "final_norm": [("model.norm{x}.weight", "final_norm/scale", (e,), (e,), "reshape", False)],
+  }
+
+
+def untied_groups(m) -> tuple:
+  """The groups with one copy per expert, in experts.GROUPS order (none for a dense model)."""
+  return tuple(g for g in experts.GROUPS if m.num_experts > 1 and g in m.mot_untied)
+
+
+def tensor_plan(m) -> list[Tensor]:
+  """Every PyTorch tensor of the model section `m`, grouped by our leaf (each stacked leaf is read once)."""
+  untied, plan = untied_groups(m), []
+  for group, tensors in _group_tensors(m).items():
+    expert_ids = range(m.num_experts) if group in untied else [None]
+    for template, ours, shape, our_shape, kind, stacked in tensors:
+      for i in range(m.num_layers) if stacked else [None]:
+        for x in expert_ids:
+          name = template.replace("{i}", str(i)).replace("{x}", EXPERT_SUFFIXES[x or 0])
+          plan.append(Tensor(name, ours, i, x, shape, our_shape, kind))
+  return plan
+
+
+def our_leaf_shape(t: Tensor, m) -> tuple:
+  return ((m.num_layers,) if t.layer is not None else ()) + ((m.num_experts,) if t.expert is not None else ()) \
+      + t.our_shape
+
+
+def _index(t: Tensor) -> tuple:
+  return tuple(i for i in (t.layer, t.expert) if i is not None)
+
+
+def _to_torch(x, t: Tensor):
+  if t.kind == "linear":
+    return x.reshape(t.shape[::-1]).T
+  if t.kind == "transpose":
+    return x.T
+  return x.reshape(t.shape)
+
+
+def _from_torch(w, t: Tensor):
+  if t.kind == "linear":
+    return w.T.reshape(t.our_shape)
+  if t.kind == "transpose":
+    return w.T
+  return w.reshape(t.our_shape)
+
+
+# ---------------------------------------------------------------- export
+
+
+def torch_config(m, vocab: vocab_lib.Vocab) -> dict:
+  """config.json: Qwen2's keys where they exist, BAGEL's `layer_module`, and what our model adds."""
+  return {
+      "architectures": [ARCHITECTURE], "model_type": "unimodal_mot", "dtype": "float32",
+      "layer_module": "Qwen2MoTDecoderLayer" if m.num_experts > 1 else "Qwen2DecoderLayer",
+      "vocab_size": m.vocab_size, "hidden_size": m.embed_dim, "intermediate_size": m.mlp_dim,
+      "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_kv_heads,
+      "head_dim": m.head_dim, "hidden_act": "silu", "rms_norm_eps": m.norm_eps, "rope_theta": float(m.rope_theta),
+      "attention_bias": bool(m.qkv_bias), "qk_norm": m.qk_norm, "swin_norm": m.norm_order == "swin",
+      "tie_word_embeddings": bool(m.tie_embeddings),
+      "num_experts": m.num_experts, "mot_untied": list(untied_groups(m)),
+      "expert_suffixes": list(EXPERT_SUFFIXES[:m.num_experts]),
+      "expert_modalities": list(vocab_lib.MODALITIES[:m.num_experts]),  # expert i serves PackedBatch.modality == i
+      "text_size": vocab.text_size, "num_image_codes": vocab.num_image_codes,
+      "boi_token_id": vocab.boi_id, "eoi_token_id": vocab.eoi_id, "image_code_offset": vocab.image_code_offset}
+
+
+def _check_params(params, plan, m):
+  wanted, given = {t.ours for t in plan}, set(_leaf_paths(params))
+  if wanted != given:
+    raise ConversionError(f"params do not match the model config: missing {sorted(wanted - given)}, "
+                          f"unexpected {sorted(given - wanted)}")
+  for t in plan:
+    expected = our_leaf_shape(t, m)
+    if np.shape(_node(params, t.ours)) != expected:
+      raise ConversionError(f"params {t.ours} has shape {np.shape(_node(params, t.ours))}; the model config gives "
+                            f"{expected}")
+
+
+def _torch_arrays(params, plan):
+  """Each planned tensor in plan order, reading each of our leaves once."""
+  path, leaf = None, None
+  for t in plan:
+    if t.ours != path:
+      path, leaf = t.ours, np.asarray(_node(params, t.ours))
+    yield np.ascontiguousarray(_to_torch(leaf[_index(t)], t), dtype=np.float32)
+
+
+def to_torch(params, model_config, vocab, out_dir, *, max_shard_bytes=2**31, progress=False) -> dict:
+  """Write `params` (any nested Mapping, read leaf by leaf) as safetensors shards with an index and a config.json
+  that `torch_mot.load(out_dir)` reads. Returns the config.json written."""
+  m = model_config
+  if m.vocab_size < vocab.size:
+    raise ConversionError(f"model.vocab_size={m.vocab_size} is smaller than the vocabulary's {vocab.size} ids")
+  plan = tensor_plan(m)
+  _check_params(params, plan, m)
+  os.makedirs(out_dir, exist_ok=True)
+  shards = _shards(plan, max_shard_bytes)
+  arrays = _torch_arrays(params, plan)
+  weight_map = {}
+  with tqdm.tqdm(total=len(plan), unit="tensor", desc="to-torch", disable=not progress) as bar:
+    for k, shard in enumerate(shards):
+      filename = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+      tensors = {}
+      for t in shard:
+        tensors[t.name] = next(arrays)
+        bar.update()
+      save_file(tensors, os.path.join(out_dir, filename), metadata={"format": "pt"})
+      weight_map.update(dict.fromkeys(tensors, filename))
+  total = sum(4 * math.prod(t.shape) for t in plan)
+  _write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
+  config = torch_config(m, vocab)
+  _write_json(os.path.join(out_dir, "config.json"), config)
+  return config
+
+
+# ---------------------------------------------------------------- import
+
+
+def read_config(torch_dir) -> dict:
+  path = os.path.join(torch_dir, "config.json")
+  if not os.path.isfile(path):
+    raise ConversionError(f"{torch_dir} has no config.json")
+  with open(path) as f:
+    return json.load(f)
+
+
+def model_overrides(config: dict) -> dict:
+  """Our `model` config values for a config.json written by `to_torch` (or by hand in its format)."""
+  architectures = config.get("architectures")
+  if architectures != [ARCHITECTURE]:
+    raise ConversionError(f"config.json architectures={architectures}: expected [{ARCHITECTURE!r}]")
+  missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                         "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "num_experts", "text_size",
+                         "num_image_codes") if k not in config]
+  if missing:
+    raise ConversionError(f"config.json lacks {missing}")
+  if config.get("hidden_act", "silu") != "silu":
+    raise ConversionError(f"config.json hidden_act={config['hidden_act']!r}: only 'silu' converts exactly")
+  qk_norm, untied = config.get("qk_norm", "none"), tuple(config.get("mot_untied", ()))
+  if qk_norm not in QK_NORMS:
+    raise ConversionError(f"config.json qk_norm={qk_norm!r}: expected one of {QK_NORMS}")
+  unknown = set(untied) - set(experts.GROUPS)
+  if unknown or config["num_experts"] not in (1, len(EXPERT_SUFFIXES)):
+    raise ConversionError(f"config.json num_experts={config['num_experts']}, mot_untied={list(untied)}: expected 1 "
+                          f"or {len(EXPERT_SUFFIXES)} experts and groups among {experts.GROUPS}")
+  return {"vocab_size": config["vocab_size"], "num_layers": config["num_hidden_layers"],
+          "embed_dim": config["hidden_size"], "num_heads": config["num_attention_heads"],
+          "num_kv_heads": config["num_key_value_heads"], "head_dim": config["head_dim"],
+          "mlp_dim": config["intermediate_size"], "qk_norm": qk_norm, "qkv_bias": bool(config.get("attention_bias")),
+          "norm_order": "swin" if config.get("swin_norm") else "pre", "norm_eps": config["rms_norm_eps"],
+          "rope_theta": float(config["rope_theta"]), "tie_embeddings": bool(config.get("tie_word_embeddings")),
+          "num_experts": config["num_experts"],
+          "mot_untied": untied if config["num_experts"] > 1 else experts.GROUPS}
+
+
+def from_torch(torch_dir, *, progress=False):
+  """Read a directory written by `to_torch` into (our params, `model` config overrides, Vocab).
+
+  Params are nested dicts of float32 numpy arrays, in the layout our model with those overrides initialises.
+  """
+  config = read_config(torch_dir)
+  overrides = model_overrides(config)
+  vocab = vocab_lib.Vocab(text_size=config["text_size"], num_image_codes=config["num_image_codes"])
+  m = ml_collections.ConfigDict(overrides)
+  plan = tensor_plan(m)
+  files = _tensor_files(torch_dir)
+  unexpected = sorted(set(files) - {t.name for t in plan})
+  if unexpected:
+    raise ConversionError(f"{torch_dir}: tensors our model has no place for: {unexpected[:5]}")
+  params = {}
+  for t in tqdm.tqdm(plan, unit="tensor", desc="from-torch", disable=not progress):
+    w = _read(files, t, torch_dir)
+    if not _index(t):
+      _insert(params, t.ours, _from_torch(w, t))
+      continue
+    if all(i == 0 for i in _index(t)):
+      _insert(params, t.ours, np.empty(our_leaf_shape(t, m), np.float32))
+    _node(params, t.ours)[_index(t)] = _from_torch(w, t)
+  return params, overrides, vocab
