@@ -1,9 +1,13 @@
-"""`unimodal-convert`: a run's checkpoint -> a transformers Chameleon directory (to-hf), and back (from-hf).
+"""`unimodal-convert`: a run's checkpoint -> a transformers Chameleon directory (to-hf), and back (from-hf); a
+(Mixture-of-Transformers) run's checkpoint -> a PyTorch directory in BAGEL's naming (to-torch), and back (from-torch).
 
   unimodal-convert to-hf --config configs/tiny.py --checkpoint runs/tiny/checkpoints/20 --out_dir hf/tiny
   unimodal-convert from-hf --hf_dir hf/tiny --out_dir runs/imported/init --config configs/tiny.py
+  unimodal-convert to-torch --config configs/mot_tiny.py --checkpoint runs/mot/checkpoints/20 --out_dir pt/mot
+  unimodal-convert from-torch --torch_dir pt/mot --out_dir runs/mot_imported/init --config configs/mot_tiny.py
 
-Each prints its time and peak RSS; --self_check then compares logits with transformers (needs torch).
+Each prints its time and peak RSS; --self_check then compares logits with transformers or with the PyTorch MoT
+reference (convert/torch_mot.py); it needs torch.
 """
 import resource
 import sys
@@ -14,23 +18,25 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from unimodal_jax import config as config_lib
-from unimodal_jax.convert import checkpoint, hf_chameleon, parity, vocab_map
+from unimodal_jax.convert import checkpoint, hf_chameleon, mot, parity, vocab_map
 from unimodal_jax.data import vocab as vocab_lib
 
-COMMANDS = ("to-hf", "from-hf")
+COMMANDS = ("to-hf", "from-hf", "to-torch", "from-torch")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A configs/*.py file. to-hf: the run's (required). from-hf: the config the imported model "
-    "should fit; the flags it lacks are printed (default: config.default_config()).", lock_config=True)
+    "config", None, "A configs/*.py file. to-hf, to-torch: the run's (required). from-hf, from-torch: the config "
+    "the imported model should fit; the flags it lacks are printed (default: config.default_config()).",
+    lock_config=True)
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "to-hf: a checkpoint step directory, <workdir>/checkpoints/<step>.")
+                                  "to-hf, to-torch: a checkpoint step directory, <workdir>/checkpoints/<step>.")
 _HF_DIR = flags.DEFINE_string("hf_dir", None, "from-hf: a transformers ChameleonForConditionalGeneration directory.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "to-hf: the transformers directory to write. from-hf: the checkpoint "
-                               "step directory to write (its state/ holds the params).")
+_TORCH_DIR = flags.DEFINE_string("torch_dir", None, "from-torch: a directory that to-torch wrote.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "to-hf, to-torch: the directory to write. from-hf, from-torch: the "
+                               "checkpoint step directory to write (its state/ holds the params).")
 _TEXT_TOKENIZER = flags.DEFINE_string("text_tokenizer", None, "to-hf: our BPE tokenizer.json, whose tokens name the "
                                       "text ids in the vocabulary_map (default: placeholder names).")
 _LAYOUT_FROM = flags.DEFINE_string("layout_from", None, "to-hf: a transformers Chameleon directory whose token ids to "
                                    "export into, e.g. the one the run was imported from (default: our ids).")
-_MAX_SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "to-hf: the largest safetensors shard, in GB.")
+_MAX_SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "to-hf, to-torch: the largest safetensors shard, in GB.")
 _SELF_CHECK = flags.DEFINE_bool("self_check", False, "Compare the logits of both models on a random batch.")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "--self_check: the largest relative logit error that passes.")
 
@@ -96,20 +102,49 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def to_torch():
+  """Like to_hf(), for the PyTorch (MoT) layout."""
+  config, out_dir = _required(_CONFIG), _required(_OUT_DIR)
+  params = checkpoint.read_params(_required(_CHECKPOINT))
+  vocab = vocab_lib.from_config(config)
+  mot.to_torch(params, config.model, vocab, out_dir, max_shard_bytes=int(_MAX_SHARD_GB.value * 1e9), progress=True)
+  print(f"wrote {out_dir}: unimodal_jax.convert.torch_mot.load({out_dir!r}) loads it")
+  return config.model, vocab, lambda: checkpoint.load_all(params), out_dir
+
+
+def from_torch():
+  """Like from_hf(), for the PyTorch (MoT) layout."""
+  torch_dir, out_dir = _required(_TORCH_DIR), _required(_OUT_DIR)
+  params, overrides, vocab = mot.from_torch(torch_dir, progress=True)
+  state_dir = checkpoint.write_params(params, out_dir)
+  config = _CONFIG.value or config_lib.default_config()
+  missing = run_flags(config, overrides, vocab)
+  print(f"wrote {state_dir} ({vocab}). The model fits --config "
+        + (f"with {' '.join(missing)}" if missing else "as given") + "; a run starts from it with "
+        f"--config.train.init_from={out_dir} (docs/convert.md).")
+  model_config = config.model.copy_and_resolve_references()
+  model_config.update(overrides)
+  return model_config, vocab, lambda: params, torch_dir
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: unimodal-convert {{{','.join(COMMANDS)}}} --flags (got {argv[1:]})")
   if not flags.FLAGS["verbosity"].present:  # orbax warns that a step's state/ has no metadata of its own (a
     logging.set_verbosity(logging.ERROR)     # run keeps it one level up); --verbosity=0 brings warnings back
   start = time.perf_counter()
-  model_config, vocab, load_params, hf_dir = to_hf() if argv[1] == "to-hf" else from_hf()
+  command = {"to-hf": to_hf, "from-hf": from_hf, "to-torch": to_torch, "from-torch": from_torch}[argv[1]]
+  model_config, vocab, load_params, hf_dir = command()
   print(f"{argv[1]}: {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
   if _SELF_CHECK.value:
     from transformers.utils import logging as transformers_logging  # the torch extra: only the self-check needs it
     transformers_logging.set_verbosity_error()  # its load report lists the VQ encoder weights we do not write
-    error = parity.max_relative_error(hf_dir, load_params(), model_config, vocab)
+    if argv[1].endswith("torch"):
+      error, reference = parity.max_relative_error_torch(hf_dir, load_params(), model_config, vocab), "torch_mot"
+    else:
+      error, reference = parity.max_relative_error(hf_dir, load_params(), model_config, vocab), "transformers"
     verdict = "passed" if error <= _TOLERANCE.value else "FAILED"
-    print(f"self-check {verdict}: max relative logit error vs transformers {error:.2e} (tolerance {_TOLERANCE.value})")
+    print(f"self-check {verdict}: max relative logit error vs {reference} {error:.2e} (tolerance {_TOLERANCE.value})")
     if verdict == "FAILED":
       sys.exit(1)
 

@@ -3,6 +3,7 @@
 Qwen2-style names for the text (understanding) expert; the image (generation) expert adds BAGEL's `_moe_gen` suffix
 (`q_proj_moe_gen`, `mlp_moe_gen`, `norm_moe_gen`). Groups not in `model.mot_untied` export once, without a suffix.
 Both directions go tensor by tensor with numpy and safetensors; `torch_mot.py` is the PyTorch model that reads it.
+Import also reads q/k written for interleaved RoPE (config.json `rope_layout`, Meta's original layout; rope_layout.py).
 """
 import dataclasses
 import json
@@ -14,6 +15,7 @@ import numpy as np
 import tqdm
 from safetensors.numpy import save_file
 
+from unimodal_jax.convert import rope_layout
 from unimodal_jax.convert.hf_chameleon import (
     INDEX_FILE, ConversionError, _insert, _leaf_paths, _node, _read, _shards, _tensor_files, _write_json)
 from unimodal_jax.data import vocab as vocab_lib
@@ -22,6 +24,7 @@ from unimodal_jax.model import experts
 ARCHITECTURE = "UnimodalMoTForCausalLM"
 EXPERT_SUFFIXES = ("", "_moe_gen")  # BAGEL: the understanding expert keeps Qwen2's names; generation adds _moe_gen
 QK_NORMS = ("none", "layernorm", "rmsnorm")
+ROPE_LAYOUTS = ("rotate_half", "interleaved")  # ours and transformers'; Meta's original code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +131,7 @@ def torch_config(m, vocab: vocab_lib.Vocab) -> dict:
       "vocab_size": m.vocab_size, "hidden_size": m.embed_dim, "intermediate_size": m.mlp_dim,
       "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_kv_heads,
       "head_dim": m.head_dim, "hidden_act": "silu", "rms_norm_eps": m.norm_eps, "rope_theta": float(m.rope_theta),
+      "rope_layout": "rotate_half",
       "attention_bias": bool(m.qkv_bias), "qk_norm": m.qk_norm, "swin_norm": m.norm_order == "swin",
       "tie_word_embeddings": bool(m.tie_embeddings),
       "num_experts": m.num_experts, "mot_untied": list(untied_groups(m)),
@@ -212,6 +216,8 @@ def model_overrides(config: dict) -> dict:
   qk_norm, untied = config.get("qk_norm", "none"), tuple(config.get("mot_untied", ()))
   if qk_norm not in QK_NORMS:
     raise ConversionError(f"config.json qk_norm={qk_norm!r}: expected one of {QK_NORMS}")
+  if config.get("rope_layout", "rotate_half") not in ROPE_LAYOUTS:
+    raise ConversionError(f"config.json rope_layout={config['rope_layout']!r}: expected one of {ROPE_LAYOUTS}")
   unknown = set(untied) - set(experts.GROUPS)
   if unknown or config["num_experts"] not in (1, len(EXPERT_SUFFIXES)):
     raise ConversionError(f"config.json num_experts={config['num_experts']}, mot_untied={list(untied)}: expected 1 "
@@ -226,10 +232,22 @@ def model_overrides(config: dict) -> dict:
           "mot_untied": untied if config["num_experts"] > 1 else experts.GROUPS}
 
 
+def _interleaved_to_half(w, t: Tensor, m):
+  """The q/k rows and QK-norm entries of an interleaved-RoPE checkpoint, in our rotate-half order; others as given."""
+  path = t.ours.removeprefix("layers/attn/")
+  heads = {"q": m.num_heads, "k": m.num_kv_heads}.get(path[0]) if path != t.ours else None
+  if heads and path[2:] in ("kernel", "bias"):
+    return rope_layout.projection_to_half(w, heads)
+  if heads and path[2:] in ("norm/scale", "norm/bias"):
+    return rope_layout.qk_norm_to_half(w, heads)
+  return w
+
+
 def from_torch(torch_dir, *, progress=False):
   """Read a directory written by `to_torch` into (our params, `model` config overrides, Vocab).
 
-  Params are nested dicts of float32 numpy arrays, in the layout our model with those overrides initialises.
+  Params are nested dicts of float32 numpy arrays, in the layout our model with those overrides initialises. With
+  `"rope_layout": "interleaved"` in config.json, q/k projections and QK-norm parameters are permuted to rotate-half.
   """
   config = read_config(torch_dir)
   overrides = model_overrides(config)
@@ -243,6 +261,8 @@ def from_torch(torch_dir, *, progress=False):
   params = {}
   for t in tqdm.tqdm(plan, unit="tensor", desc="from-torch", disable=not progress):
     w = _read(files, t, torch_dir)
+    if config.get("rope_layout") == "interleaved":
+      w = _interleaved_to_half(w, t, m)
     if not _index(t):
       _insert(params, t.ours, _from_torch(w, t))
       continue

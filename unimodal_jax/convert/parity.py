@@ -1,4 +1,5 @@
-"""The conversion self-check: our JAX logits against transformers' on a random interleaved batch, in float32.
+"""The conversion self-checks: our JAX logits against transformers' (or the PyTorch MoT reference's) on a random
+interleaved batch, in float32.
 
 transformers' Chameleon forward sets image-token logits to the dtype minimum (it shipped for understanding), so
 its full logits are taken as its lm_head applied to the last hidden state. Needs torch; not used in training.
@@ -52,3 +53,41 @@ def max_relative_error(hf_dir: str, params, model_config, vocab, *, rows=2, seq_
   tokens = interleaved_tokens(vocab, rows, seq_len, np.random.default_rng(seed))
   theirs = hf_logits(hf_dir, tokens)
   return float(np.abs(our_logits(params, model_config, vocab, tokens) - theirs).max() / np.abs(theirs).max())
+
+
+def packed_interleaved_batch(vocab, rows: int, seq_len: int, rng) -> PackedBatch:
+  """Rows of two documents each (text with an image inside) and padding: segments, restarting positions, and
+  interleaved modalities, the inputs a Mixture-of-Transformers routes on."""
+  tokens, segment_ids, positions = (np.zeros((rows, seq_len), np.int32) for _ in range(3))
+  lengths = (seq_len // 2, seq_len // 2 - seq_len // 8)  # the rest of the row is padding (segment 0)
+  for r in range(rows):
+    at = 0
+    for segment, n in enumerate(lengths, start=1):
+      doc = interleaved_tokens(vocab, 1, n, rng)[0]
+      tokens[r, at:at + n], segment_ids[r, at:at + n], positions[r, at:at + n] = doc, segment, np.arange(n)
+      at += n
+  weights = (segment_ids > 0).astype(np.float32)
+  return PackedBatch(tokens=tokens, targets=tokens, segment_ids=segment_ids, positions=positions,
+                     modality=vocab.modality(tokens), loss_weights=weights)
+
+
+def torch_logits(torch_dir: str, batch: PackedBatch) -> np.ndarray:
+  """The PyTorch reference's (convert/torch_mot.py) float32 logits for a packed batch."""
+  import torch  # here, not at the top: the rest of the package runs without torch
+  from unimodal_jax.convert import torch_mot
+
+  model = torch_mot.load(torch_dir)
+  inputs = [torch.from_numpy(np.asarray(x, np.int64)) for x in (batch.tokens, batch.modality, batch.segment_ids,
+                                                                  batch.positions)]
+  with torch.no_grad():
+    return model(*inputs).numpy()
+
+
+def max_relative_error_torch(torch_dir: str, params, model_config, vocab, *, rows=2, seq_len=64, seed=0) -> float:
+  """max |ours - PyTorch reference's| / max |reference's| over all logits of a random packed interleaved batch."""
+  batch = packed_interleaved_batch(vocab, rows, seq_len, np.random.default_rng(seed))
+  m = model_config.copy_and_resolve_references()
+  m.dtype = "float32"
+  ours = np.asarray(Transformer(m).apply({"params": params}, batch))
+  theirs = torch_logits(torch_dir, batch)
+  return float(np.abs(ours - theirs).max() / np.abs(theirs).max())

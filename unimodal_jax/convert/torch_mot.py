@@ -40,6 +40,20 @@ def rope(x, positions, theta: float):
   return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
 
+def rope_interleaved(x, positions, theta: float):
+  """Rotary embedding as Meta's original code writes it: the pairs (x[2i], x[2i+1]) as complex numbers, turned by
+  e^(i * position * freq_i). Directories with `"rope_layout": "interleaved"` use it."""
+  half = x.shape[-1] // 2
+  freq = theta ** (-torch.arange(half, dtype=torch.float32) / half)
+  angle = positions[..., None].float() * freq
+  rotation = torch.polar(torch.ones_like(angle), angle)[:, :, None]  # [b, s, 1, half]
+  pairs = torch.view_as_complex(x.float().unflatten(-1, (half, 2)).contiguous())
+  return torch.view_as_real(pairs * rotation).flatten(-2)
+
+
+ROPE = {"rotate_half": rope, "interleaved": rope_interleaved}
+
+
 class RMSNorm(nn.Module):
 
   def __init__(self, dim: int, eps: float):
@@ -89,6 +103,7 @@ class Attention(Experts):
     super().__init__()
     e, self.h, self.kv, self.d = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     self.theta, attn, norms = c["rope_theta"], suffixes(c, "attention"), suffixes(c, "qk_norm")
+    self.rope = ROPE[c.get("rope_layout", "rotate_half")]
     for name, n in (("q_proj", self.h), ("k_proj", self.kv), ("v_proj", self.kv)):
       self.add(name, attn, lambda n=n: nn.Linear(e, n * self.d, bias=c["attention_bias"]))
     self.add("o_proj", attn, lambda: nn.Linear(self.h * self.d, e, bias=False))
@@ -102,7 +117,7 @@ class Attention(Experts):
                for name in ("q_proj", "k_proj", "v_proj"))
     if self.qk_norm:
       q, k = routed(self.copies("q_norm"), q, expert), routed(self.copies("k_norm"), k, expert)
-    q, k = rope(q, positions, self.theta), rope(k, positions, self.theta)
+    q, k = self.rope(q, positions, self.theta), self.rope(k, positions, self.theta)
     k, v = k.repeat_interleave(self.h // self.kv, dim=2), v.repeat_interleave(self.h // self.kv, dim=2)  # GQA
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.d**-0.5
     probs = scores.masked_fill(~mask[:, None], float("-inf")).softmax(dim=-1)
