@@ -25,7 +25,7 @@ setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7"],
         # Install torch==2.13.0 first (CPU build from local disk); this range then adds nothing.
         "torch": ["torch>=2.9,<2.15", "transformers>=5.0,<6", "safetensors>=0.5,<1"],
         # libtpu matching the installed jax: ahead-of-time compilation for TPU topologies on any host.
@@ -35,5 +35,6 @@ setup(
         "unimodal-train=unimodal_jax.train.main:run",
         "unimodal-convert=unimodal_jax.convert.main:run",
         "unimodal-plan=unimodal_jax.parallel.plan_main:run",
+        "unimodal-make-shards=unimodal_jax.data.make_shards:run",
     ]},
 )

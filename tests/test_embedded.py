@@ -2,6 +2,7 @@
 import os
 import time
 
+import grain
 import numpy as np
 import pytest
 
@@ -28,7 +29,8 @@ def prepared(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def docs(prepared):
-  return list(documents.read_documents(prepared[1]))
+  paths = prepared[1]
+  return [documents.decode_document(r) for p in paths for r in grain.sources.ArrayRecordDataSource([p])]
 
 
 def test_prepare_writes_every_document_kind(prepared, docs):
@@ -37,31 +39,28 @@ def test_prepare_writes_every_document_kind(prepared, docs):
   assert {d.kind for d in docs} == set(embedded.KINDS)
   counts = {k: sum(d.kind == k for d in docs) for k in embedded.KINDS}
   assert counts["text"] == len(embedded.texts())
-  assert counts["caption_image"] == counts["image_caption"] == 4 * len(embedded.IMAGES)
+  assert counts["image_text_pair"] == 4 * len(embedded.IMAGES)
 
 
-def test_documents_are_bos_eos_framed_and_in_the_unified_vocab(docs):
-  vocab = vocab_lib.from_config(small_config())
-  codes_per_image = (32 // 8) ** 2
+def test_documents_pass_the_reader_checks_and_render_in_the_unified_vocab(docs):
+  c = small_config()
+  vocab, grid = vocab_lib.from_config(c), 32 // 8
   for d in docs:
-    t = d.tokens
+    documents.check_document(d, vocab, grid, c.data.max_document_tokens, "embedded")
+    t = documents.render(d.segments, vocab)
     assert t[0] == vocab_lib.BOS_ID and t[-1] == vocab_lib.EOS_ID and np.sum(t == vocab_lib.BOS_ID) == 1
-    assert t.min() >= 0 and t.max() < vocab.size
     spans = packing.image_spans(t, vocab)
-    assert np.all(spans[:, 1] - spans[:, 0] - 1 == codes_per_image)
-    assert np.sum(vocab.is_image(t)) == codes_per_image * len(spans)
-    assert len(spans) == {"text": 0, "caption_image": 1, "image_caption": 1,
-                          "interleaved": embedded.IMAGES_PER_INTERLEAVED}[d.kind]
+    assert np.all(spans[:, 1] - spans[:, 0] - 1 == grid * grid)
+    assert np.sum(vocab.is_image(t)) == grid * grid * len(spans)
+    assert len(spans) == {"text": 0, "image_text_pair": 1, "interleaved": embedded.IMAGES_PER_INTERLEAVED}[d.kind]
 
 
-def test_saved_tokenizers_decode_a_caption_image_document(prepared, docs):
+def test_saved_tokenizers_decode_an_image_text_pair(prepared, docs):
   vocab = vocab_lib.from_config(small_config())
   text_tok, image_tok = embedded.load_tokenizers(prepared[0], vocab)
-  doc = next(d.tokens for d in docs if d.kind == "caption_image")
-  boi = int(np.flatnonzero(doc == vocab.boi_id)[0])
-  assert text_tok.decode(doc[1:boi]) in {caption for _, _, caption in embedded.IMAGES}
-  codes = vocab.code_of(doc[boi + 1:-2]).reshape(1, 4, 4)
-  assert image_tok.decode(codes).shape == (1, 32, 32, 3)
+  text, codes = next(d.segments for d in docs if d.kind == "image_text_pair")
+  assert text_tok.decode(text) in {caption for _, _, caption in embedded.IMAGES}
+  assert image_tok.decode(codes[None]).shape == (1, 32, 32, 3)
 
 
 def test_text_tokenizer_round_trips_text(prepared):

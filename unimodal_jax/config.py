@@ -39,7 +39,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 DATA_SOURCES = (
     "embedded",  # the bundled dataset, built on first use (unimodal_jax/data/embedded.py)
     "shards",  # tokenized-document ArrayRecord shards (unimodal_jax/data/documents.py) in data.dir
+    "mixture",  # the weighted sources of data.sources (unimodal_jax/data/sources.py)
 )
+BAD_RECORD_MODES = ("raise", "skip")
 MOT_GROUPS = experts.GROUPS
 VQ_KINDS = ("kmeans", "vqgan")  # "vqgan" runs read codes that were tokenized offline
 
@@ -57,6 +59,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.vq.image_size = 64  # images are resized to image_size x image_size
   c.vq.patch_size = 8  # one code per patch: (image_size // patch_size) ** 2 codes per image
   c.vq.num_codes = 256
+  c.vq.tokenizer_path = ""  # the saved image tokenizer (kmeans: a codebook .npz), for vq/codes.py
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "embedded"  # one of DATA_SOURCES
@@ -67,6 +70,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.loss_weight_image = 1.0
   c.data.worker_count = 0
   c.data.read_threads = 0  # threads reading records per process; 0 = in the pipeline's thread (fastest on local disk)
+  # data.source='mixture': name -> ConfigDict(kind='shards', path=<glob or dir>, weight=w) or ConfigDict(
+  # kind='tfds', path=<builder dir> or tfds_name=..., data_dir=..., split='train', weight=w[, text_feature,
+  # image_feature]); records are drawn in proportion to the weights
+  c.data.sources = ml_collections.ConfigDict()
+  c.data.caption_first_ratio = 0.5  # image_text_pair documents rendered caption -> image, else image -> caption
+  c.data.cfg_dropout = 0.0  # caption -> image pairs whose caption becomes the null condition (CM3Leon: 0.1)
+  c.data.on_bad_record = "raise"  # "raise": stop naming file and record; "skip": log, count, go on
+  c.data.max_document_tokens = 1 << 20  # longer documents are bad records
 
   c.model = ml_collections.ConfigDict()
   c.model.vocab_size = 1408  # >= vocab size; padded so 'tensor' can divide it
@@ -155,6 +166,19 @@ def validate(config, num_devices: int, process_count: int = 1):
   _check(config.vq.kind in VQ_KINDS, "vq.kind", f"{config.vq.kind!r} is not one of {VQ_KINDS}")
   _check(d.source in DATA_SOURCES, "data.source", f"{d.source!r} is not one of {DATA_SOURCES}")
   _check(d.source != "shards" or d.dir, "data.dir", "data.source='shards' needs the directory of its shards")
+  _check(d.source != "mixture" or len(d.sources) > 0, "data.sources", "data.source='mixture' needs named sources")
+  for name in d.sources:
+    entry, key = d.sources[name], f"data.sources.{name}"
+    _check(entry.get("kind") in ("shards", "tfds"), f"{key}.kind", f"{entry.get('kind')!r} is not 'shards' or 'tfds'")
+    _check(entry.get("weight", 0) > 0, f"{key}.weight", f"must be > 0, got {entry.get('weight')}")
+    _check(bool(entry.get("path") or entry.get("tfds_name")), f"{key}.path",
+           "needs a glob or directory of shards (kind='shards') or a TFDS builder directory / tfds_name")
+    _check(entry.get("kind") != "tfds" or bool(entry.get("split")), f"{key}.split", "a tfds source needs a split")
+  _check(d.on_bad_record in BAD_RECORD_MODES, "data.on_bad_record",
+         f"{d.on_bad_record!r} is not one of {BAD_RECORD_MODES}")
+  for key in ("caption_first_ratio", "cfg_dropout"):
+    _check(0.0 <= d[key] <= 1.0, f"data.{key}", f"must be in [0, 1], got {d[key]}")
+  _check(d.max_document_tokens >= 3, "data.max_document_tokens", f"must be >= 3, got {d.max_document_tokens}")
   _check(config.data.source != "embedded" or config.vq.kind == "kmeans", "vq.kind",
          f"data.source='embedded' tokenizes its images with the k-means codebook, got {config.vq.kind!r}")
   _check(m.attention in IMPLEMENTATIONS, "model.attention", f"{m.attention!r} is not one of {IMPLEMENTATIONS}")

@@ -1,78 +1,153 @@
-"""On-disk format of tokenized documents: one ArrayRecord record per document.
+"""On-disk format of documents (version 2): one ArrayRecord record per interleaved text/image document.
 
-A record is `flax.serialization.msgpack_serialize({"version": 1, "kind": str, "tokens": int32 [n]})`:
-`tokens` are unified `Vocab` ids, starting with <bos> and ending with <eos>; `kind` names how the document
-was built (e.g. "text", "interleaved") and is not used by training. Readers reject any other version.
+A record is `flax.serialization.msgpack_serialize(fields)` with
+  fields = {"version": 2, "kind": str, "segments": [{"text": int32 [n]} | {"image": int32 [h, w]}, ...]}
+`text` holds text-tokenizer ids (no <bos>/<eos>: the reader frames the document); `image` holds the VQ code
+grid of one image, row-major. `kind` is "text", "interleaved" (rendered as stored) or "image_text_pair"
+(exactly one text and one image; the task stage picks their order). Version 1 records (a rendered token
+stream) are rejected: they carry no segments to check or format. This module parses; `check_document`
+decides whether a parsed document fits the run's vocabulary; nothing here knows about packing.
 """
 import dataclasses
-import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import flax.serialization
-import grain
 import numpy as np
 from array_record.python import array_record_module
 
-FORMAT_VERSION = 1
-_WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for global shuffling
+from unimodal_jax.data import vocab as vocab_lib
+
+FORMAT_VERSION = 2
+KINDS = ("text", "interleaved", "image_text_pair")
+WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for global shuffling
 
 
 @dataclasses.dataclass(frozen=True)
 class Document:
-  kind: str
-  tokens: np.ndarray  # int32 [n]
+  kind: str  # one of KINDS
+  segments: tuple[np.ndarray, ...]  # int32: [n] text ids (1-D) or [h, w] image codes (2-D), in document order
+
+
+def is_image(segment: np.ndarray) -> bool:
+  return segment.ndim == 2
 
 
 def encode_document(doc: Document) -> bytes:
-  tokens = np.asarray(doc.tokens)
-  if tokens.dtype != np.int32 or tokens.ndim != 1:
-    raise ValueError(f"{doc.kind} document tokens must be int32 [n], got {tokens.dtype} {tokens.shape}")
-  return flax.serialization.msgpack_serialize({"version": FORMAT_VERSION, "kind": doc.kind, "tokens": tokens})
+  """Raises on a malformed document, so a writer never produces a record its readers reject."""
+  if doc.kind not in KINDS:
+    raise ValueError(f"document kind {doc.kind!r} is not one of {KINDS}")
+  segments = []
+  for s in doc.segments:
+    s = np.asarray(s)
+    if s.dtype != np.int32 or s.ndim not in (1, 2):
+      raise ValueError(f"{doc.kind} document segments must be int32 [n] text or [h, w] image, got {s.dtype} {s.shape}")
+    segments.append({"image" if is_image(s) else "text": s})
+  return flax.serialization.msgpack_serialize({"version": FORMAT_VERSION, "kind": doc.kind, "segments": segments})
+
+
+def _segment(entry, where: str, i: int) -> np.ndarray:
+  if not isinstance(entry, dict) or len(entry) != 1 or not ({"text", "image"} & set(entry)):
+    raise ValueError(f"{where}: segment {i} must be {{'text': ids}} or {{'image': codes}}, got {entry!r:.80}")
+  (name, value), = entry.items()
+  ndim = 2 if name == "image" else 1
+  if not isinstance(value, np.ndarray) or value.dtype != np.int32 or value.ndim != ndim:
+    got = f"{value.dtype} {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
+    raise ValueError(f"{where}: segment {i} ({name}) must be int32 with {ndim} dims, got {got}")
+  return value
 
 
 def decode_document(record: bytes, where: str = "record") -> Document:
-  """Parses one record; `where` (e.g. "shard.array_record record 12") prefixes every error."""
+  """Parses one record; `where` (e.g. "train-00001.array_record record 12") prefixes every error."""
   try:
     fields = flax.serialization.msgpack_restore(record)
   except Exception as e:  # msgpack raises several unrelated types on garbage
     raise ValueError(f"{where}: not a msgpack document record ({type(e).__name__}: {e})") from e
-  if not isinstance(fields, dict) or fields.get("version") != FORMAT_VERSION:
-    version = fields.get("version") if isinstance(fields, dict) else type(fields).__name__
+  version = fields.get("version") if isinstance(fields, dict) else type(fields).__name__
+  if version == 1:
+    raise ValueError(f"{where}: document format version 1 (a rendered token stream) is no longer read; rewrite the "
+                     f"shards as version {FORMAT_VERSION} (unimodal-make-shards, or delete an embedded dataset's "
+                     f"manifest.json to rebuild it)")
+  if version != FORMAT_VERSION:
     raise ValueError(f"{where}: document format version {version!r}, expected {FORMAT_VERSION}")
-  tokens = fields.get("tokens")
-  if not isinstance(tokens, np.ndarray) or tokens.dtype != np.int32 or tokens.ndim != 1:
-    got = f"{tokens.dtype} {tokens.shape}" if isinstance(tokens, np.ndarray) else type(tokens).__name__
-    raise ValueError(f"{where}: tokens must be int32 [n], got {got}")
-  return Document(kind=str(fields.get("kind")), tokens=tokens)
+  kind, segments = fields.get("kind"), fields.get("segments")
+  if kind not in KINDS:
+    raise ValueError(f"{where}: document kind {kind!r} is not one of {KINDS}")
+  if not isinstance(segments, list):
+    raise ValueError(f"{where}: segments must be a list, got {type(segments).__name__}")
+  return Document(kind=kind, segments=tuple(_segment(s, where, i) for i, s in enumerate(segments)))
 
 
-def write_shards(documents: Sequence[Document], paths: Sequence[str]) -> None:
-  """Writes document i to paths[i % len(paths)], in order."""
-  writers = [array_record_module.ArrayRecordWriter(p, _WRITER_OPTIONS) for p in paths]
-  try:
-    for i, doc in enumerate(documents):
-      writers[i % len(writers)].write(encode_document(doc))
-  finally:
-    for w in writers:
+def check_document(doc: Document, vocab: vocab_lib.Vocab, image_grid: int, max_tokens: int, where: str) -> None:
+  """Raises ValueError (prefixed by `where`) unless `doc` renders to a trainable token stream for `vocab`.
+
+  Text ids must lie in [3, vocab.text_size) (the special ids are the reader's to place), images must be
+  image_grid x image_grid codes in [0, vocab.num_image_codes), the document non-empty and, rendered, at most
+  `max_tokens` long (data.max_document_tokens); an image_text_pair has exactly one text and one image.
+  """
+  length, images = 2, 0
+  for i, s in enumerate(doc.segments):
+    if s.size == 0:
+      raise ValueError(f"{where}: segment {i} is empty")
+    if is_image(s):
+      images += 1
+      if s.shape != (image_grid, image_grid):
+        raise ValueError(f"{where}: segment {i} is an image of {s.shape[0]} x {s.shape[1]} codes, expected "
+                         f"{image_grid} x {image_grid} (vq.image_size // vq.patch_size)")
+      low, high, limit = 0, vocab.num_image_codes, "vq.num_codes"
+      length += s.size + 2
+    else:
+      low, high, limit = len(vocab_lib.TEXT_SPECIAL_TOKENS), vocab.text_size, "vocab.text_size"
+      length += s.size
+    lo, hi = int(s.min()), int(s.max())
+    if lo < low or hi >= high:
+      raise ValueError(f"{where}: segment {i} ({'image' if is_image(s) else 'text'}) has ids in [{lo}, {hi}], "
+                       f"outside [{low}, {high}) ({limit}={high})")
+  if not doc.segments:
+    raise ValueError(f"{where}: empty document (no segments)")
+  if length > max_tokens:
+    raise ValueError(f"{where}: document of {length} tokens exceeds data.max_document_tokens={max_tokens}")
+  if doc.kind == "image_text_pair" and (len(doc.segments) != 2 or images != 1):
+    raise ValueError(f"{where}: an image_text_pair needs one text and one image segment, got "
+                     f"{len(doc.segments) - images} text and {images} image segments")
+
+
+def render(segments: Sequence[np.ndarray], vocab: vocab_lib.Vocab) -> np.ndarray:
+  """The unified token stream: <bos>, each text segment's ids or <boi> codes <eoi>, <eos> (int32 [n])."""
+  parts = [np.array([vocab_lib.BOS_ID], np.int32)]
+  for s in segments:
+    if is_image(s):
+      parts += [np.array([vocab.boi_id], np.int32), s.reshape(-1) + np.int32(vocab.image_code_offset),
+                np.array([vocab.eoi_id], np.int32)]
+    else:
+      parts.append(s)
+  parts.append(np.array([vocab_lib.EOS_ID], np.int32))
+  return np.concatenate(parts)
+
+
+class ShardWriter:
+  """Writes documents round-robin over ArrayRecord files, in order; a context manager."""
+
+  def __init__(self, paths: Sequence[str]):
+    self._writers = [array_record_module.ArrayRecordWriter(p, WRITER_OPTIONS) for p in paths]
+    self.count = 0
+
+  def write(self, doc: Document) -> None:
+    self._writers[self.count % len(self._writers)].write(encode_document(doc))
+    self.count += 1
+
+  def close(self) -> None:
+    for w in self._writers:
       w.close()
 
+  def __enter__(self):
+    return self
 
-def _locate(paths: Sequence[str], index: int) -> str:
-  """Names global record `index` of ArrayRecordDataSource(paths) as "<file> record <i>"; for errors only."""
-  ends = np.cumsum([len(grain.sources.ArrayRecordDataSource([p])) for p in paths])
-  i = int(np.searchsorted(ends, index, side="right"))
-  return f"{paths[i]} record {index - (ends[i - 1] if i else 0)}"
-
-
-def _decode_at(paths: Sequence[str], index: int, record: bytes) -> Document:
-  try:
-    return decode_document(record)
-  except ValueError:  # decode again to name the file and record (too slow to locate every record up front)
-    return decode_document(record, where=_locate(paths, index))
+  def __exit__(self, *exc):
+    self.close()
 
 
-def read_documents(paths: Sequence[str]) -> grain.MapDataset:
-  """A MapDataset of `Document`s over the shards, in file order; errors name the file and record."""
-  paths = list(paths)
-  source = grain.sources.ArrayRecordDataSource(paths)
-  return grain.MapDataset.source(source).map_with_index(functools.partial(_decode_at, paths))
+def write_shards(documents: Iterable[Document], paths: Sequence[str]) -> None:
+  """Writes document i to paths[i % len(paths)], in order."""
+  with ShardWriter(paths) as writer:
+    for doc in documents:
+      writer.write(doc)

@@ -22,9 +22,9 @@ from unimodal_jax.data import tokenizer as tokenizer_lib
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.vq import kmeans
 
-BUILD_VERSION = 1  # bump when the documents built from the same config change
+BUILD_VERSION = 2  # bump when the documents built from the same config change
 NUM_SHARDS = 4
-KINDS = ("text", "caption_image", "image_caption", "interleaved")
+KINDS = documents.KINDS
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.json"
 CODEBOOK_FILE = "codebook.npz"
@@ -79,7 +79,7 @@ def _rgb_float(image: np.ndarray) -> np.ndarray:
   return skimage.color.rgba2rgb(image) if image.shape[-1] == 4 else image
 
 
-def _square(image: np.ndarray, fraction: float, image_size: int) -> np.ndarray:
+def center_square(image: np.ndarray, fraction: float, image_size: int) -> np.ndarray:
   """The centred square of side fraction * min(H, W), resized to image_size -> uint8."""
   h, w = image.shape[:2]
   side = int(round(min(h, w) * fraction))
@@ -101,32 +101,28 @@ def load_images(image_size: int) -> tuple[np.ndarray, list[str]]:
   for name, index, caption in IMAGES:
     image = getattr(skimage.data, name)()
     image = _rgb_float(image if index is None else image[index])
-    full, zoom = _square(image, 1.0, image_size), _square(image, CROP, image_size)
+    full, zoom = center_square(image, 1.0, image_size), center_square(image, CROP, image_size)
     images += [full, full[:, ::-1], zoom, zoom[:, ::-1]]
     captions += [caption] * 4
   return np.stack(images), captions
 
 
 def build_documents(text_tok: tokenizer_lib.TextTokenizer, codes: np.ndarray, captions: list[str],
-                    vocab: vocab_lib.Vocab, seed: int) -> list[documents.Document]:
-  """All four KINDS of documents, in a seeded random order; `codes` [N, grid, grid] pairs with `captions`."""
-  bos, eos = np.array([vocab_lib.BOS_ID], np.int32), np.array([vocab_lib.EOS_ID], np.int32)
+                    seed: int) -> list[documents.Document]:
+  """Text documents, one image_text_pair per image and interleaved documents, in a seeded random order.
+
+  `codes` [N, grid, grid] pairs with `captions`; the pipeline's task stage picks each pair's order.
+  """
   text_ids = {c: text_tok.encode(c) for c in set(captions)}
-  image_ids = [vocab.image_tokens(c) for c in codes]
-
-  def doc(kind, *parts):
-    return documents.Document(kind, np.concatenate([bos, *parts, eos]).astype(np.int32))
-
-  docs = [doc("text", text_tok.encode(t)) for t in texts()]
-  for image, caption in zip(image_ids, captions):
-    docs.append(doc("caption_image", text_ids[caption], image))
-    docs.append(doc("image_caption", image, text_ids[caption]))
+  docs = [documents.Document("text", (text_tok.encode(t),)) for t in texts()]
+  docs += [documents.Document("image_text_pair", (text_ids[c], image)) for image, c in zip(codes, captions)]
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(captions))
   intro = text_tok.encode(INTERLEAVED_INTRO)
   for start in range(0, len(order) - IMAGES_PER_INTERLEAVED + 1, IMAGES_PER_INTERLEAVED):
     group = order[start:start + IMAGES_PER_INTERLEAVED]
-    docs.append(doc("interleaved", intro, *[p for i in group for p in (image_ids[i], text_ids[captions[i]])]))
+    docs.append(documents.Document(
+        "interleaved", (intro, *[s for i in group for s in (codes[i], text_ids[captions[i]])])))
   return [docs[i] for i in rng.permutation(len(docs))]
 
 
@@ -161,12 +157,13 @@ def _build(config, out_dir: str) -> dict:
   text_tok.check_fits(vocab)
   images, captions = load_images(config.vq.image_size)
   image_tok = kmeans.KMeansTokenizer.fit(images, config.vq.num_codes, config.vq.patch_size, config.seed)
-  docs = build_documents(text_tok, image_tok.encode(images), captions, vocab, config.seed)
+  docs = build_documents(text_tok, image_tok.encode(images).astype(np.int32), captions, config.seed)
   text_tok.save(os.path.join(out_dir, TOKENIZER_FILE))
   image_tok.save(os.path.join(out_dir, CODEBOOK_FILE))
   documents.write_shards(docs, [os.path.join(out_dir, n) for n in shard_names()])
   return {"documents": {k: sum(d.kind == k for d in docs) for k in KINDS},
-          "tokens": int(sum(len(d.tokens) for d in docs)), "text_tokenizer_size": text_tok.size}
+          "tokens": int(sum(len(documents.render(d.segments, vocab)) for d in docs)),
+          "text_tokenizer_size": text_tok.size}
 
 
 def prepare(config, data_dir: str) -> list[str]:

@@ -1,8 +1,12 @@
-"""The training input pipeline: ArrayRecord shards -> this process's records -> shuffle -> PackedBatch.
+"""The training input pipeline: sources -> this process's records -> shuffle -> mix -> check, format -> pack.
 
-`make_dataset` and `pack_documents` share the stages of `packing.pack`; they differ only in the source.
-Batches are numpy and per process; placing them on devices is `unimodal_jax/parallel`'s job.
+Per source: parse each record into a `Document`, check it against the run's vocabulary, format its task and
+render it to ids; a bad record raises (data.on_bad_record='raise', naming file and record) or is skipped,
+logged and counted ('skip'). Sources mix by weight, deterministically for config.seed. Batches are numpy and
+per process; placing them on devices is `unimodal_jax/parallel`'s job.
 """
+import dataclasses
+import logging
 from collections.abc import Iterator, Sequence
 
 import grain
@@ -12,11 +16,68 @@ from absl import flags
 from unimodal_jax.data import batch as batch_lib
 from unimodal_jax.data import documents
 from unimodal_jax.data import packing
+from unimodal_jax.data import sources as sources_lib
+from unimodal_jax.data import tasks
 from unimodal_jax.data import vocab as vocab_lib
 
 
-def _tokens(doc: documents.Document) -> np.ndarray:
-  return doc.tokens
+
+@dataclasses.dataclass(frozen=True)
+class RecordLoader:
+  """record (bytes or TFDS example) at a source index -> int32 unified ids, or `packing.Skipped`."""
+  source: int  # index among the run's sources, for the per-record task rng
+  parser: sources_lib.ShardRecords | sources_lib.TfdsPairs
+  vocab: vocab_lib.Vocab
+  image_grid: int
+  max_tokens: int
+  task: tasks.TaskSpec
+  seed: int
+  on_bad_record: str
+
+  def _tokens(self, index: int, record, where: str) -> np.ndarray:
+    doc = self.parser.document(record, where)
+    documents.check_document(doc, self.vocab, self.image_grid, self.max_tokens, where)
+    rng = np.random.default_rng((self.seed, self.source, index)) if doc.kind == "image_text_pair" else None
+    return documents.render(tasks.format_segments(doc, self.task, rng), self.vocab)
+
+  def __call__(self, index: int, record):
+    try:
+      return self._tokens(index, record, "record")
+    except Exception as e:  # noqa: BLE001 -- any failure on a record is a bad record, named by file and index
+      where = self.parser.locate(index)
+      message = str(e).removeprefix("record: ") if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
+      error = ValueError(f"{where}: {message}")
+      if self.on_bad_record == "raise":
+        raise error from e
+      logging.warning("skipping bad record (data.on_bad_record='skip'): %s", error)
+      return packing.Skipped(where)
+
+
+class _CountingIterator(grain.DatasetIterator):
+  """Yields PackedBatches; `bad_records` counts the records skipped so far, restored with the state."""
+
+  def __init__(self, parent):
+    super().__init__(parent)
+    self.bad_records = 0
+
+  def __next__(self) -> batch_lib.PackedBatch:
+    batch, skipped = next(self._parent)
+    self.bad_records += skipped
+    return batch
+
+  def get_state(self):
+    return {"parent": self._parent.get_state(), "bad_records": self.bad_records}
+
+  def set_state(self, state):
+    self._parent.set_state(state["parent"])
+    self.bad_records = state["bad_records"]
+
+
+class CountBadRecords(grain.IterDataset):
+  """(PackedBatch, skipped) -> PackedBatch; its iterator's `bad_records` is the running count for metrics."""
+
+  def __iter__(self):
+    return _CountingIterator(self._parent.__iter__())
 
 
 def process_batch_size(config, process_count: int) -> int:
@@ -26,42 +87,76 @@ def process_batch_size(config, process_count: int) -> int:
   return config.train.batch_size // process_count
 
 
-def make_dataset(config, paths: Sequence[str], *, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+def pack_spec(config, batch_size: int) -> packing.PackSpec:
+  return packing.PackSpec(vocab=vocab_lib.from_config(config), seq_len=config.data.seq_len, batch_size=batch_size,
+                          loss_weight_text=config.data.loss_weight_text,
+                          loss_weight_image=config.data.loss_weight_image)
+
+
+def _shuffle_seed(seed: int, source: int) -> int:
+  return int(np.random.SeedSequence((seed, source)).generate_state(1)[0])
+
+
+def documents_dataset(config, sources: Sequence[sources_lib.Source], *, process_index: int = 0,
+                      process_count: int = 1, num_epochs: int | None = None) -> grain.MapDataset:
+  """Rendered documents (or `packing.Skipped`) of this process, mixed by source weight; endless by default.
+
+  Process i reads records i, i + process_count, ... of every source (disjoint shares).
+  """
+  vocab = vocab_lib.from_config(config)
+  grid = config.vq.image_size // config.vq.patch_size
+  mixed = []
+  for i, source in enumerate(sources):
+    loader = RecordLoader(source=i, parser=source.parser, vocab=vocab, image_grid=grid,
+                          max_tokens=config.data.max_document_tokens, task=tasks.TaskSpec.from_config(config),
+                          seed=config.seed, on_bad_record=config.data.on_bad_record)
+    ds = grain.MapDataset.source(source.records).map_with_index(loader)[process_index::process_count]
+    if len(ds) == 0:
+      raise ValueError(f"process {process_index} of {process_count} gets no records from source "
+                       f"{source.name or config.data.source!r} ({len(source.records)} records)")
+    if config.data.shuffle:
+      ds = ds.shuffle(seed=_shuffle_seed(config.seed, i))
+    mixed.append(ds.repeat(num_epochs))
+  if len(mixed) == 1:
+    return mixed[0]
+  return grain.MapDataset.mix(mixed, [s.weight for s in sources])
+
+
+def make_dataset(config, paths: Sequence[str] | None = None, *, process_index: int = 0,
+                 process_count: int = 1) -> grain.IterDataset:
   """Endless PackedBatches of [train.batch_size // process_count, data.seq_len] for one process.
 
-  Process i reads records i, i + process_count, ... (disjoint shares). The stream is a function of
-  `config.seed` and `data.worker_count` (each worker packs its own slice of the record stream), and
-  iterators resume exactly with get_state/set_state.
+  `paths` are the shards of data.source 'embedded' or 'shards'; data.source='mixture' reads data.sources.
+  The stream is a function of `config.seed` and `data.worker_count` (each worker packs its own slice of the
+  record stream); iterators resume exactly with get_state/set_state, and `iter(ds).bad_records` counts the
+  records skipped so far.
   """
   batch_size = process_batch_size(config, process_count)
-  ds = documents.read_documents(paths)[process_index::process_count]
-  if len(ds) == 0:
-    raise ValueError(f"process {process_index} of {process_count} gets no records from {list(paths)}")
-  ds = ds.seed(config.seed)
-  if config.data.shuffle:
-    ds = ds.shuffle()
+  ds = documents_dataset(config, sources_lib.from_config(config, paths), process_index=process_index,
+                         process_count=process_count)
   # Not grain's default of 16 threads and 500 buffered records: it rescans that buffer for every record,
   # which costs ~2x the throughput on local disk.
   threads = config.data.read_threads
-  read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=8 * threads)
-  ds = ds.repeat().map(_tokens).to_iter_dataset(read_options)
-  ds = packing.pack(ds, vocab=vocab_lib.from_config(config), seq_len=config.data.seq_len, batch_size=batch_size,
-                    loss_weight_text=config.data.loss_weight_text, loss_weight_image=config.data.loss_weight_image)
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=8 * threads))
+  ds = packing.PackIterDataset(ds, pack_spec(config, batch_size))
   if config.data.worker_count > 0:
     if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
-  return ds
+  return CountBadRecords(ds)
+
+
+def _batch(packed: tuple[batch_lib.PackedBatch, int]) -> batch_lib.PackedBatch:
+  return packed[0]
 
 
 def pack_documents(docs: Sequence[np.ndarray], vocab: vocab_lib.Vocab, seq_len: int, batch_size: int, *,
                    loss_weight_text: float = 1.0, loss_weight_image: float = 1.0) -> Iterator[batch_lib.PackedBatch]:
-  """In-memory documents, in order, through the same stages as `make_dataset`; one pass, no shuffle.
+  """Rendered in-memory documents (int32 unified ids), in order, through the packer of `make_dataset`.
 
-  The last batch may have fewer than `batch_size` rows.
+  One pass, no shuffle; the last batch may have fewer than `batch_size` rows.
   """
   source = grain.MapDataset.source([np.asarray(d, dtype=np.int32) for d in docs])
   source = source.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-  ds = packing.pack(source, vocab=vocab, seq_len=seq_len, batch_size=batch_size, loss_weight_text=loss_weight_text,
-                    loss_weight_image=loss_weight_image, drop_remainder=False)
-  return iter(ds)
+  spec = packing.PackSpec(vocab, seq_len, batch_size, loss_weight_text, loss_weight_image)
+  return iter(packing.PackIterDataset(source, spec, drop_remainder=False).map(_batch))

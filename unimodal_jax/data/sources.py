@@ -1,0 +1,111 @@
+"""Data sources chosen by config: random-access record sources, how each record becomes a `Document`, and
+how to name a record in an error. Reading order, sharding and mixing are `pipeline`'s job.
+
+Kinds: "shards" (ArrayRecord files of `documents` records, a glob), "tfds" (a TFDS dataset prepared in
+array_record format, read through `tfds.data_source` / `builder_from_directory` without TensorFlow: each
+example's int32 `text_feature` [n] and `image_feature` [h, w] form an image_text_pair).
+"""
+import dataclasses
+import glob
+import os
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+
+from unimodal_jax.data import documents
+
+KINDS = ("shards", "tfds")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRecords:
+  """Parses ArrayRecord records; names a global record index by its file and index in that file."""
+  paths: tuple[str, ...]
+
+  def document(self, record: bytes, where: str) -> documents.Document:
+    return documents.decode_document(record, where)
+
+  def locate(self, index: int) -> str:
+    ends = np.cumsum([len(grain.sources.ArrayRecordDataSource([p])) for p in self.paths])
+    i = int(np.searchsorted(ends, index, side="right"))
+    return f"{self.paths[i]} record {index - (ends[i - 1] if i else 0)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TfdsPairs:
+  """Turns a TFDS example (a dict of numpy features) into an image_text_pair."""
+  dataset: str  # for errors: the dataset name or builder directory, and split
+  text_feature: str
+  image_feature: str
+
+  def document(self, example, where: str) -> documents.Document:
+    try:
+      text, image = example[self.text_feature], example[self.image_feature]
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"{where}: TFDS example lacks feature {e} (data.sources.*.text_feature / image_feature)") from e
+    if not (isinstance(text, np.ndarray) and isinstance(image, np.ndarray) and text.dtype == image.dtype == np.int32
+            and text.ndim == 1 and image.ndim == 2):
+      raise ValueError(f"{where}: TFDS features must be int32 text [n] and image [h, w], got "
+                       f"{getattr(text, 'dtype', type(text))} {np.shape(text)} and "
+                       f"{getattr(image, 'dtype', type(image))} {np.shape(image)}")
+    return documents.Document("image_text_pair", (text, image))
+
+  def locate(self, index: int) -> str:
+    return f"{self.dataset} record {index}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  name: str  # the key under data.sources ("" for the single data.source)
+  records: object  # random access: len() and [index]
+  parser: ShardRecords | TfdsPairs
+  weight: float
+
+
+def shard_paths(pattern: str, key: str) -> list[str]:
+  """Sorted files matching `pattern` (a directory means its *.array_record* files); `key` names the config entry."""
+  if os.path.isdir(pattern):
+    pattern = os.path.join(pattern, "*.array_record*")
+  paths = sorted(glob.glob(pattern))
+  if not paths:
+    raise FileNotFoundError(f"config.{key}={pattern!r} matches no ArrayRecord shards")
+  return paths
+
+
+def shards_source(name: str, paths: Sequence[str], weight: float = 1.0) -> Source:
+  paths = tuple(paths)
+  return Source(name, grain.sources.ArrayRecordDataSource(list(paths)), ShardRecords(paths), weight)
+
+
+def tfds_source(name: str, entry) -> Source:
+  import tensorflow_datasets as tfds  # local: importing tfds costs ~1 s, and only tfds sources need it
+
+  if entry.get("path"):
+    records = tfds.builder_from_directory(entry.path).as_data_source(split=entry.split)
+    dataset = f"tfds {entry.path} [{entry.split}]"
+  else:
+    records = tfds.data_source(entry.tfds_name, split=entry.split, data_dir=entry.get("data_dir") or None)
+    dataset = f"tfds {entry.tfds_name} [{entry.split}]"
+  parser = TfdsPairs(dataset, entry.get("text_feature", "text"), entry.get("image_feature", "image"))
+  return Source(name, records, parser, float(entry.weight))
+
+
+def from_config(config, paths: Sequence[str] | None = None) -> list[Source]:
+  """The sources of a run: `paths` (shards of data.source 'embedded' or 'shards'), or the entries of
+  data.sources (data.source='mixture'), in sorted name order."""
+  if config.data.source != "mixture":
+    if not paths:
+      raise ValueError(f"data.source={config.data.source!r} needs the paths of its shards")
+    return [shards_source("", paths)]
+  out = []
+  for name in sorted(config.data.sources):
+    entry = config.data.sources[name]
+    key = f"data.sources.{name}"
+    if entry.kind == "shards":
+      out.append(shards_source(name, shard_paths(entry.path, f"{key}.path"), float(entry.weight)))
+    elif entry.kind == "tfds":
+      out.append(tfds_source(name, entry))
+    else:
+      raise ValueError(f"config.{key}.kind={entry.kind!r} is not one of {KINDS}")
+  return out
