@@ -69,12 +69,16 @@ def jsonl_entries(path: str) -> Iterator[tuple[str, list[tuple[str, str]], str]]
       yield kind, parts, where
 
 
-def folder_entries(folder: str) -> Iterator[tuple[str, list[tuple[str, str]], str]]:
-  """One image_text_pair per image file with a caption file of the same stem, in sorted order."""
+def folder_images(folder: str) -> list[str]:
   images = sorted(p for p in glob.glob(os.path.join(folder, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
   if not images:
     raise ValueError(f"--image_folder={folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-  for path in images:
+  return images
+
+
+def folder_entries(folder: str) -> Iterator[tuple[str, list[tuple[str, str]], str]]:
+  """One image_text_pair per image file with a caption file of the same stem, in sorted order."""
+  for path in folder_images(folder):
     caption_path = os.path.splitext(path)[0] + ".txt"
     if not os.path.exists(caption_path):
       raise ValueError(f"{path}: no caption file {caption_path}")
@@ -134,7 +138,7 @@ def main(argv):
       total = sum(1 for line in f if line.strip())
     entries = jsonl_entries(_JSONL.value)
   else:
-    total = None
+    total = len(folder_images(_IMAGE_FOLDER.value))
     entries = folder_entries(_IMAGE_FOLDER.value)
   paths = make_shards(_CONFIG.value, _TEXT_TOKENIZER.value, entries, _OUT_DIR.value, _NUM_SHARDS.value,
                       _PREFIX.value, _BATCH.value, total)
