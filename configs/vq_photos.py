@@ -1,0 +1,21 @@
+"""VQ photos: the small tokenizer trained on the scikit-image photographs (64px -> 8x8 codes from 256 x 16), the
+dims the demo's vq section uses (image_size 64, patch_size 8, num_codes 256). About 12 minutes on 2 CPU cores.
+
+  unimodal-train-vq --config configs/vq_photos.py --workdir runs/vq_photos
+Result (docs/benchmarks.md, "VQGAN tokenizer"): eval PSNR and codebook usage on the photos' centre squares.
+"""
+from unimodal_jax.config import default_config
+from unimodal_jax.vq import vqgan, vq_train
+
+
+def get_config():
+  c = default_config()
+  c.vqgan = vqgan.model_config(resolution=64, base_channels=16, channel_multiplier=(1, 2, 4, 4), num_res_blocks=1,
+                               attn_resolutions=(), latent_channels=32, embed_dim=16, num_embeddings=256,
+                               norm_groups=8)
+  c.vq_train = vq_train.train_config(batch_size=8, num_steps=1500, learning_rate=5e-4, warmup_steps=50,
+                                     l1_weight=1.0, l2_weight=1.0, restart_every=100, log_every=50,
+                                     checkpoint_every=500, disc_start=-1)
+  c.vq.kind = "vqgan"
+  c.vq.image_size, c.vq.patch_size, c.vq.num_codes = 64, vqgan.downsampling(c.vqgan), c.vqgan.num_embeddings
+  return c

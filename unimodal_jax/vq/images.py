@@ -1,0 +1,149 @@
+"""Image sources for the tokenizer (a folder, a TFDS data source, ArrayRecord of encoded images) and the one
+decoding step that turns any input into uint8 RGB at the tokenizer's resolution, or a reason to skip it.
+
+Nothing here knows about codes or shards.
+"""
+import glob
+import io
+import os
+import warnings
+
+import numpy as np
+from PIL import Image
+
+SKIP_REASONS = ("not_an_image", "corrupt", "tiny", "huge")
+
+
+class Skip(Exception):
+  """An input that cannot become an image; `reason` is one of SKIP_REASONS."""
+
+  def __init__(self, reason: str, detail: str):
+    super().__init__(f"{reason}: {detail}")
+    self.reason = reason
+
+
+class FolderSource:
+  """Every regular file under `root` (recursively, sorted by relative path; hidden files excluded)."""
+
+  def __init__(self, root: str):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"--images: {root} is not a directory")
+    paths = [p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if os.path.isfile(p)]
+    self.paths = sorted(p for p in paths if not os.path.basename(p).startswith("."))
+
+  def __len__(self):
+    return len(self.paths)
+
+  def name(self, i: int) -> str:
+    return self.paths[i]
+
+  def load(self, i: int):
+    with open(self.paths[i], "rb") as f:
+      return f.read()
+
+
+class ArrayRecordSource:
+  """Records that are encoded image files (PNG, JPEG, ...), over the files matching a glob, in sorted order."""
+
+  def __init__(self, pattern: str):
+    import grain
+    self.paths = sorted(glob.glob(pattern))
+    if not self.paths:
+      raise FileNotFoundError(f"--array_record: no files match {pattern}")
+    self.source = grain.sources.ArrayRecordDataSource(self.paths)
+
+  def __len__(self):
+    return len(self.source)
+
+  def name(self, i: int) -> str:
+    return f"{os.path.dirname(self.paths[0])}/record {i}"
+
+  def load(self, i: int):
+    return self.source[i]
+
+
+class TfdsSource:
+  """`tfds.data_source(name, split)`; the `image_key` feature is encoded bytes or a uint8 array."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None, image_key: str):
+    import tensorflow_datasets as tfds
+    self.label = f"{name}:{split}"
+    self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    self.image_key = image_key
+
+  def __len__(self):
+    return len(self.source)
+
+  def name(self, i: int) -> str:
+    return f"{self.label}[{i}]"
+
+  def load(self, i: int):
+    example = self.source[i]
+    if self.image_key not in example:
+      raise KeyError(f"--image_key={self.image_key!r} is not a feature of {self.label}: {sorted(example)}")
+    return example[self.image_key]
+
+
+def _open(data, min_size: int, max_pixels: int) -> Image.Image:
+  if isinstance(data, np.ndarray):
+    array = data.astype(np.uint8) if data.dtype != np.uint8 else data
+    if array.ndim == 3 and array.shape[-1] == 1:
+      array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+      raise Skip("not_an_image", f"array of shape {array.shape}")
+    image = Image.fromarray(array)
+  else:
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        image = Image.open(io.BytesIO(bytes(data)))
+    except Image.UnidentifiedImageError as e:
+      raise Skip("not_an_image", str(e)) from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+      raise Skip("huge", str(e)) from e
+  w, h = image.size
+  if w * h > max_pixels:
+    raise Skip("huge", f"{w}x{h} pixels > max_pixels={max_pixels}")
+  if min(w, h) < min_size:
+    raise Skip("tiny", f"{w}x{h}, shorter side < min_size={min_size}")
+  try:
+    image.load()
+  except (OSError, SyntaxError, ValueError) as e:  # truncated or malformed data
+    raise Skip("corrupt", str(e)) from e
+  return image
+
+
+def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
+  """RGB, with alpha composited on white; returns the mode it converted from ('' when already RGB)."""
+  mode = image.mode
+  if mode == "RGB":
+    return image, ""
+  if mode in ("I;16", "I;16B", "I;16L", "I"):
+    array = np.asarray(image, np.float64)
+    scale = 255.0 / 65535.0 if mode.startswith("I;16") or array.max() > 255 else 1.0
+    image = Image.fromarray(np.clip(np.rint(array * scale), 0, 255).astype(np.uint8))
+  elif mode == "F":
+    image = Image.fromarray(np.clip(np.rint(np.asarray(image) * (255.0 if np.max(image) <= 1 else 1.0)),
+                                    0, 255).astype(np.uint8))
+  if image.mode == "P":
+    image = image.convert("RGBA")
+  if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    image = Image.alpha_composite(white, rgba)
+  return image.convert("RGB"), mode
+
+
+def prepare(data, resolution: int, min_size: int, max_pixels: int) -> tuple[np.ndarray, str]:
+  """Encoded bytes or an array -> (uint8 [resolution, resolution, 3], converted-from mode or '').
+
+  Centre square crop, then a bicubic resize. Raises Skip for non-images, corrupt data, tiny or huge images.
+  """
+  image, converted = _to_rgb(_open(data, min_size, max_pixels))
+  w, h = image.size
+  side = min(w, h)
+  left, top = (w - side) // 2, (h - side) // 2
+  image = image.crop((left, top, left + side, top + side))
+  if side != resolution:
+    image = image.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=3.0)
+  return np.asarray(image, np.uint8), converted
