@@ -35,6 +35,8 @@ setup(
         "unimodal-train=unimodal_jax.train.main:run",
         "unimodal-convert=unimodal_jax.convert.main:run",
         "unimodal-plan=unimodal_jax.parallel.plan_main:run",
+        "unimodal-train-vq=unimodal_jax.vq.train:run",
+        "unimodal-tokenize=unimodal_jax.vq.tokenize:run",
         "unimodal-make-shards=unimodal_jax.data.make_shards:run",
     ]},
 )

@@ -59,7 +59,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.vq.image_size = 64  # images are resized to image_size x image_size
   c.vq.patch_size = 8  # one code per patch: (image_size // patch_size) ** 2 codes per image
   c.vq.num_codes = 256
-  c.vq.tokenizer_path = ""  # the saved image tokenizer (kmeans: a codebook .npz), for vq/codes.py
+  c.vq.tokenizer_path = ""  # the saved image tokenizer (kmeans: a codebook .npz; vqgan: the tokenizer directory
+  # unimodal-train-vq writes, <workdir>/tokenizer), for vq/codes.py
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "embedded"  # one of DATA_SOURCES

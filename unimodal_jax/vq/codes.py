@@ -23,4 +23,13 @@ def image_tokenizer(config) -> Callable[[np.ndarray], np.ndarray]:
       raise ValueError(f"config.vq.tokenizer_path={path}: a codebook for image_size, patch_size, num_codes = {found}, "
                        f"but config.vq has {(vq.image_size, vq.patch_size, vq.num_codes)}")
     return lambda images: tokenizer.encode(images).astype(np.int32)
-  raise ValueError(f"config.vq.kind={vq.kind!r} has no image tokenizer here (known: 'kmeans')")
+  if vq.kind == "vqgan":
+    import jax  # jax/flax only when the VQGAN is used
+    from unimodal_jax.vq import tokenize, vq_convert, vqgan
+    params, model = vq_convert.load_tokenizer(path)
+    found = (model.resolution, vqgan.downsampling(model), model.num_embeddings)
+    if found != (vq.image_size, vq.patch_size, vq.num_codes):
+      raise ValueError(f"config.vq.tokenizer_path={path}: a VQGAN for image_size, patch_size, num_codes = {found}, "
+                       f"but config.vq has {(vq.image_size, vq.patch_size, vq.num_codes)}")
+    return tokenize.make_encoder(params, model, batch_size=8 * jax.device_count())
+  raise ValueError(f"config.vq.kind={vq.kind!r} has no image tokenizer here (known: 'kmeans', 'vqgan')")
