@@ -272,7 +272,7 @@ def test_run_checkpoint_streams_out_and_imported_params_restore_into_a_run(tmp_p
   m, vocab = c.model, from_config(c)
   params = random_params(m)
   state = state_lib.TrainState(step=np.int32(7), params=params, opt_state=state_lib.make_optimizer(c.optim, 10).init(
-      params))
+      params), skipped_steps=np.int32(0), nonfinite_streak=np.int32(0))
   with ocp.StandardCheckpointer() as saver:
     saver.save(str(tmp_path / "run" / "7" / "state"), state)
   lazy = checkpoint.read_params(str(tmp_path / "run" / "7"))

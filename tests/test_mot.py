@@ -155,7 +155,7 @@ def test_training_runs_start_from_a_dense_checkpoint(tmp_path):
                            is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   dense_params = checkpoint.restore_params(c.train.upcycle_from,
                                            state_lib.abstract_params(dense, c.data.seq_len, shardings))
-  batch = next(iter(pipeline.make_dataset(c, loop.data_paths(c, str(mot_dir)))))
+  batch = next(iter(pipeline.make_dataset(c, loop.data_paths(c, str(mot_dir))[0])))
   expected = loss_fn(dense_params, batch, model=dense, vocab=from_config(c), z_loss=c.model.z_loss)[0]
   assert not np.isclose(expected, loss_fn(init(dense_config.model, c.data.seq_len)[1], batch, model=dense,
                                           vocab=from_config(c), z_loss=c.model.z_loss)[0])  # 3 steps moved it

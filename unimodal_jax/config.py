@@ -107,6 +107,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1: all devices not used by the other axes
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  # Multi-slice: the axes above are within a slice (ICI); these multiply them across slices (DCN).
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
+  c.mesh.dcn_tensor = 1
   c.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
 
   c.optim = ml_collections.ConfigDict()
@@ -118,6 +122,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-5
   c.optim.weight_decay = 0.1
   c.optim.clip_norm = 1.0
+  c.optim.schedule = "cosine"  # one of train/state.py SCHEDULES: "cosine" or "wsd" (warmup-stable-decay)
+  c.optim.decay_steps = 0  # wsd: length of the final decay phase
+  c.optim.wsd_decay = "sqrt"  # wsd: "linear" or "sqrt" (1 - sqrt cooldown)
+  c.optim.weight_decay_exclude = ("norms", "biases")  # any of "norms", "biases", "embeddings"
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 16  # global, in rows of data.seq_len tokens
@@ -128,6 +136,19 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = unknown (MFU not logged)
   c.train.init_from = ""  # params (only) of a checkpoint step dir to start from, e.g. `unimodal-convert from-hf`
   c.train.upcycle_from = ""  # MoT only: a dense run's checkpoint step dir; every expert starts as its weights
+  # Full state (params, optimizer, step, data position) of another run's checkpoint step dir, e.g. a WSD run's
+  # stable-phase checkpoint to decay from; used when this workdir has no checkpoint yet.
+  c.train.branch_from = ""
+  c.train.keep_period = 0  # also keep every checkpoint whose step is a multiple of this forever; 0 = none
+  c.train.grad_accum_steps = 1  # microbatches per step; train.batch_size is the sum over them
+  c.train.max_consecutive_nonfinite = 5  # steps with NaN/Inf loss or gradients are skipped; halt after this many
+  c.train.profile_start_step = -1  # jax.profiler trace of steps [start, start + profile_num_steps); -1 = none
+  c.train.profile_num_steps = 3
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.every = 0  # held-out loss every N steps; 0 = no evaluation
+  c.eval.num_batches = 4  # the same first batches of the held-out set each time
+  c.eval.dir = ""  # held-out shards; "" with data.source='embedded': its last shard, left out of training
   return c
 
 
@@ -154,6 +175,34 @@ def _check(ok: bool, key: str, message: str):
 def image_tokens_per_image(config) -> int:
   """Stream length of one image: <boi> + codes + <eoi>."""
   return (config.vq.image_size // config.vq.patch_size) ** 2 + 2
+
+
+def _validate_training(config, batch_shards: int):
+  """Optimizer, schedule, accumulation, evaluation and profiling keys."""
+  from unimodal_jax.train.state import DECAY_EXCLUDABLE, SCHEDULES, WSD_DECAYS  # local: train imports config
+
+  o, t, e = config.optim, config.train, config.eval
+  _check(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r} is not one of {SCHEDULES}")
+  if o.schedule == "wsd":
+    _check(o.wsd_decay in WSD_DECAYS, "optim.wsd_decay", f"{o.wsd_decay!r} is not one of {WSD_DECAYS}")
+    _check(0 < o.decay_steps <= t.num_steps - o.warmup_steps, "optim.decay_steps",
+           f"{o.decay_steps} must be in [1, train.num_steps - optim.warmup_steps = {t.num_steps - o.warmup_steps}]")
+  unknown = set(o.weight_decay_exclude) - set(DECAY_EXCLUDABLE)
+  _check(not unknown, "optim.weight_decay_exclude", f"unknown classes {sorted(unknown)}; known: {DECAY_EXCLUDABLE}")
+  _check(t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}")
+  _check(t.batch_size % (batch_shards * t.grad_accum_steps) == 0, "train.grad_accum_steps",
+         f"train.batch_size={t.batch_size} must split into {t.grad_accum_steps} microbatches of equal rows on each "
+         f"of the {batch_shards} data-parallel shards")
+  _check(t.max_consecutive_nonfinite >= 1, "train.max_consecutive_nonfinite",
+         f"must be >= 1, got {t.max_consecutive_nonfinite}")
+  _check(t.keep_period >= 0, "train.keep_period", f"must be >= 0, got {t.keep_period}")
+  _check(sum(bool(x) for x in (t.init_from, t.upcycle_from, t.branch_from)) <= 1, "train.branch_from",
+         f"give at most one of train.branch_from={t.branch_from!r}, init_from={t.init_from!r}, "
+         f"upcycle_from={t.upcycle_from!r}")
+  _check(t.profile_start_step < 0 or t.profile_num_steps >= 1, "train.profile_num_steps",
+         f"must be >= 1 when profiling, got {t.profile_num_steps}")
+  _check(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
+  _check(e.every == 0 or e.num_batches >= 1, "eval.num_batches", f"must be >= 1, got {e.num_batches}")
 
 
 def validate(config, num_devices: int, process_count: int = 1):
@@ -223,10 +272,9 @@ def validate(config, num_devices: int, process_count: int = 1):
                     ("vocab_size", m.vocab_size)):
     _check(size % tensor == 0, f"model.{key}", f"{size} is not divisible by mesh.tensor={tensor}")
   _check(m.embed_dim % fsdp == 0, "model.embed_dim", f"{m.embed_dim} is not divisible by mesh.fsdp={fsdp}")
-  _check(not (t.init_from and t.upcycle_from), "train.init_from",
-         f"give init_from={t.init_from!r} or train.upcycle_from={t.upcycle_from!r}, not both")
   _check(not t.upcycle_from or m.num_experts > 1, "train.upcycle_from",
          f"upcycling initialises a Mixture-of-Transformers; model.num_experts={m.num_experts}")
   _check(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
   _check(config.optim.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {config.optim.warmup_steps}")
+  _validate_training(config, data * fsdp)
   return data, fsdp, tensor

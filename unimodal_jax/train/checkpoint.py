@@ -1,42 +1,81 @@
-"""Orbax checkpoints of the train state with the Grain iterator state beside it (DESIGN section 7).
+"""Orbax checkpoints of the train state, with the Grain iterator state and the run's config beside it (DESIGN
+section 7).
 
-Saves are asynchronous; restore resumes exactly: same params, same next batch.
+Saves are asynchronous; restore resumes exactly (same params, same next batch), falls back past checkpoints that
+cannot be read, and reshards onto whatever mesh the given state lives on.
 """
+import json
 import os
+import time
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+
+
+class NoValidCheckpointError(RuntimeError):
+  """Every checkpoint in a run directory failed to restore."""
 
 
 def make_manager(workdir: str, train_config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=train_config.checkpoint_every, max_to_keep=train_config.keep_checkpoints,
-      enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
+      keep_period=train_config.keep_period or None, enable_async_checkpointing=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, *, force: bool = False) -> bool:
-  """Save `state` (at `step`, given by the host so as not to wait on the device) if due or forced.
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
 
-  Returns whether a save started.
+
+def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, config, *, force: bool = False):
+  """Start saving `state` at `step` (given by the host so as not to wait on the device) if due or forced.
+
+  Returns the seconds the caller was blocked (the device-to-host copy; writing continues in the background),
+  or None when no save was due.
   """
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+  t0 = time.perf_counter()
+  started = manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=force)
+  return time.perf_counter() - t0 if started else None
 
 
-def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
-  """Restore the newest checkpoint into the shapes/shardings of `state` and into `data_iterator`.
-
-  Returns the restored state, or `state` unchanged when there is no checkpoint.
-  """
-  step = manager.latest_step()
-  if step is None:
-    return state
+def _restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iterator)))
   return restored.state
+
+
+def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
+  """Restore the newest readable checkpoint into the shapes/shardings of `state` and into `data_iterator`.
+
+  A checkpoint that fails to restore (truncated, corrupted) is skipped with a warning naming its step, and the
+  next older one is tried. Returns `state` unchanged when there is no checkpoint; raises NoValidCheckpointError
+  when there are checkpoints but none restores (training from scratch over them would lose the run).
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  for step in steps:
+    try:
+      return _restore(manager, step, state, data_iterator)
+    except Exception as e:  # orbax/tensorstore raise many types for unreadable data
+      logging.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying an older one", step,
+                      manager.directory, type(e).__name__, str(e)[:500])
+  if steps:
+    raise NoValidCheckpointError(f"none of the checkpoints {steps} in {manager.directory} can be restored")
+  return state
+
+
+def restore_step_dir(step_dir: str, state, data_iterator):
+  """The full state and data position saved in `<run>/checkpoints/<step>` (train.branch_from)."""
+  step_dir = os.path.abspath(step_dir)
+  parent, name = os.path.split(step_dir)
+  if not name.isdigit() or not os.path.isdir(os.path.join(step_dir, "state")):
+    raise FileNotFoundError(f"{step_dir} is not a checkpoint step directory (<run>/checkpoints/<step>)")
+  with ocp.CheckpointManager(parent) as manager:
+    return _restore(manager, int(name), state, data_iterator)
 
 
 def restore_params(step_dir: str, abstract_params):

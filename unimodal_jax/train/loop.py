@@ -16,23 +16,41 @@ from unimodal_jax.data.vocab import MODALITIES, from_config
 from unimodal_jax.model import experts, flops
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
-from unimodal_jax.train import checkpoint, metrics as metrics_lib, state as state_lib, step as step_lib
+from unimodal_jax.train import checkpoint, evaluate, metrics as metrics_lib, preemption as preemption_lib
+from unimodal_jax.train import state as state_lib, step as step_lib
 
 
-def data_paths(config, workdir: str) -> list[str]:
-  """Shards of `config.data.source`, prepared on first use."""
-  if config.data.source == "embedded":
-    return embedded.prepare(config, config.data.dir or os.path.join(workdir, "data"))
-  paths = sorted(glob.glob(os.path.join(config.data.dir, "*.array_record*")))
+def _shards(directory: str, key: str) -> list[str]:
+  paths = sorted(glob.glob(os.path.join(directory, "*.array_record*")))
   if not paths:
-    raise FileNotFoundError(f"config.data.dir={config.data.dir!r} holds no *.array_record shards")
+    raise FileNotFoundError(f"config.{key}={directory!r} holds no *.array_record shards")
   return paths
+
+
+def data_paths(config, workdir: str) -> tuple[list[str], list[str]]:
+  """(train, held-out) shards of `config.data.source`, prepared on first use; no held-out shards without eval.
+
+  With the embedded source and no eval.dir, its last shard is held out of training.
+  """
+  if config.data.source == "embedded":
+    train_paths = embedded.prepare(config, config.data.dir or os.path.join(workdir, "data"))
+  else:
+    train_paths = _shards(config.data.dir, "data.dir")
+  if config.eval.every <= 0:
+    return train_paths, []
+  if config.eval.dir:
+    return train_paths, _shards(config.eval.dir, "eval.dir")
+  if config.data.source != "embedded":
+    raise config_lib.ConfigError("config.eval.dir: eval.every > 0 needs held-out shards for data.source="
+                                 f"{config.data.source!r}")
+  return train_paths[:-1], train_paths[-1:]
 
 
 def interval_metrics(step_metrics: list[dict]) -> dict:
   """Means over the steps of a logging interval, fetched in one transfer.
 
-  Per-modality losses are token-weighted, lr is the last step's; a modality with no tokens in the interval is left out.
+  Per-modality losses are token-weighted; lr and the skipped-step counters are the last step's; a modality with
+  no tokens in the interval is left out.
   """
   rows = jax.device_get(step_metrics)
   m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not k.startswith(("loss/", "num_tokens"))}
@@ -42,7 +60,9 @@ def interval_metrics(step_metrics: list[dict]) -> dict:
     if counts.sum() > 0:
       m[f"loss/{name}"] = float(np.sum(counts * np.array([r[f"loss/{name}"] for r in rows])) / counts.sum())
   m["num_tokens"] = float(sum(r["num_tokens"] for r in rows))
-  m["lr"] = float(rows[-1]["lr"])  # the rate the interval ended at, not a mean
+  for key in ("lr", "skipped_steps", "nonfinite_streak"):  # where the interval ended, not means
+    if key in rows[-1]:
+      m[key] = float(rows[-1][key])
   return m
 
 
@@ -70,8 +90,41 @@ def upcycled_params(config, model, mesh, rules, param_shardings):
     return jax.jit(upcycle, out_shardings=param_shardings)(params)
 
 
+class NonFiniteError(RuntimeError):
+  """Too many consecutive steps with NaN/Inf loss or gradients."""
+
+
+def check_finite(nonfinite_streak: int, step: int, config):
+  """Halt when the last train.max_consecutive_nonfinite steps all had non-finite loss or gradients."""
+  limit = config.train.max_consecutive_nonfinite
+  if nonfinite_streak >= limit:
+    raise NonFiniteError(
+        f"step {step}: the last {nonfinite_streak} steps had NaN/Inf loss or gradients (config.train."
+        f"max_consecutive_nonfinite={limit}); their updates were skipped, so the params are still those of step "
+        f"{step - nonfinite_streak}. Lower optim.learning_rate, check the data, or resume from an earlier checkpoint.")
+
+
+def initial_state(config, manager, data_iter, *, model, tx, mesh, rules):
+  """The newest readable checkpoint of this run; else train.branch_from / init_from / upcycle_from; else fresh."""
+  state, shardings = state_lib.create_state(model, tx, mesh, rules, jax.random.key(config.seed), config.data.seq_len)
+  if manager.all_steps():
+    return checkpoint.restore_latest(manager, state, data_iter), shardings
+  t = config.train
+  if t.branch_from:
+    state = checkpoint.restore_step_dir(t.branch_from, state, data_iter)
+  elif t.init_from:
+    state = state.replace(params=checkpoint.restore_params(
+        t.init_from, state_lib.abstract_params(model, config.data.seq_len, shardings.params)))
+  elif t.upcycle_from:
+    state = state.replace(params=upcycled_params(config, model, mesh, rules, shardings.params))
+  return state, shardings
+
+
 def train(config, workdir: str) -> dict:
-  """Train `config` in `workdir`, resuming from its newest checkpoint; returns the last logged metrics."""
+  """Train `config` in `workdir`, resuming from its newest readable checkpoint; returns the last logged metrics.
+
+  On SIGTERM (any host) it saves at the next step boundary every process agrees on and returns early.
+  """
   config_lib.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
@@ -79,44 +132,63 @@ def train(config, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
 
   vocab = from_config(config)
-  dataset = pipeline.make_dataset(config, data_paths(config, workdir), process_index=jax.process_index(),
-                                  process_count=jax.process_count())
-  data_iter = iter(dataset)
+  train_paths, eval_paths = data_paths(config, workdir)
+  shares = dict(process_index=jax.process_index(), process_count=jax.process_count())
+  data_iter = iter(pipeline.make_dataset(config, train_paths, **shares))
 
   mesh = mesh_lib.create_mesh(config.mesh)
   rules = mesh_lib.axis_rules(config)
   model = Transformer(config.model)
   schedule = state_lib.make_schedule(config.optim, config.train.num_steps)
   tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
-  state, shardings = state_lib.create_state(model, tx, mesh, rules, jax.random.key(config.seed), config.data.seq_len)
   manager = checkpoint.make_manager(workdir, config.train)
-  if manager.latest_step() is None and config.train.init_from:
-    state = state.replace(params=checkpoint.restore_params(
-        config.train.init_from, state_lib.abstract_params(model, config.data.seq_len, shardings.params)))
-  if manager.latest_step() is None and config.train.upcycle_from:
-    state = state.replace(params=upcycled_params(config, model, mesh, rules, shardings.params))
-  state = checkpoint.restore_latest(manager, state, data_iter)
+  state, shardings = initial_state(config, manager, data_iter, model=model, tx=tx, mesh=mesh, rules=rules)
   train_step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
                                            schedule=schedule)
+  if eval_paths:
+    eval_step = step_lib.compile_eval_step(shardings.params, mesh, model=model, vocab=vocab,
+                                           z_loss=config.model.z_loss)
+    eval_batches = evaluate.held_out_batches(config, eval_paths, **shares)
 
   writer = metrics_lib.MetricsWriter(workdir)
-  last, pending, t0 = {}, [], time.perf_counter()
+  preemption = preemption_lib.PreemptionWatch()
+  t = config.train
+  profile_stop = t.profile_start_step + t.profile_num_steps if t.profile_start_step >= 0 else -1
+  last, pending, extra, previous, t0 = {}, [], {}, None, time.perf_counter()
+  start = int(jax.device_get(state.step))
   with mesh_lib.mesh_context(mesh, rules):
-    for step in range(int(jax.device_get(state.step)), config.train.num_steps):
+    for step in range(start, t.num_steps):
+      if step == t.profile_start_step:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
       state, metrics = train_step(state, mesh_lib.global_batch(next(data_iter), mesh))
+      if previous is not None:  # the step before this one has finished while this one was queued
+        check_finite(int(jax.device_get(previous["nonfinite_streak"])), step, config)
       pending.append(metrics)
-      done = step + 1
-      if done % config.train.log_every == 0 or done == config.train.num_steps:
+      previous, done = metrics, step + 1
+      if done == profile_stop:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+      if done % t.log_every == 0 or done == t.num_steps:
         last = interval_metrics(pending)  # blocks until the interval's steps are done
         elapsed = time.perf_counter() - t0
-        last.update(throughput(last["num_tokens"] / elapsed, config))
-        last["step_time"] = elapsed / len(pending)
+        last.update(throughput(last["num_tokens"] / elapsed, config), step_time=elapsed / len(pending), **extra)
+        if eval_paths and (done % config.eval.every == 0 or done == t.num_steps):
+          last.update(evaluate.evaluate(eval_step, state.params, eval_batches, mesh))
         writer.write(done, last)
         print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
-        pending, t0 = [], time.perf_counter()
-      checkpoint.save(manager, done, state, data_iter)
-  if manager.latest_step() != config.train.num_steps:
-    checkpoint.save(manager, config.train.num_steps, state, data_iter, force=True)
+        pending, extra, t0 = [], {}, time.perf_counter()
+      if preemption.reached(done):
+        checkpoint.save(manager, done, state, data_iter, config, force=True)
+        print(f"Preempted: saved step {done}, exiting.", flush=True)
+        break
+      blocked = checkpoint.save(manager, done, state, data_iter, config)
+      if blocked is not None:
+        extra["checkpoint_save_blocking_s"] = blocked
+    else:
+      check_finite(int(jax.device_get(previous["nonfinite_streak"])) if previous else 0, t.num_steps, config)
+      if manager.latest_step() != t.num_steps:
+        checkpoint.save(manager, t.num_steps, state, data_iter, config, force=True)
+  preemption.close()
   manager.wait_until_finished()
   writer.close()
   if jax.process_index() == 0 and os.path.exists(writer.jsonl_path):

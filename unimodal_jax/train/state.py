@@ -3,6 +3,7 @@
 Parameters are created directly in their final sharding (jitted init with output shardings derived
 from the model's logical axis names); optimizer state shards like the parameters it mirrors.
 """
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -16,7 +17,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.parallel import mesh as mesh_lib
 
-NO_DECAY_PARAMS = ("scale", "bias")  # norm scales and biases: no weight decay
+SCHEDULES = ("cosine", "wsd")
+WSD_DECAYS = ("linear", "sqrt")  # sqrt: lr * (1 - sqrt(t)), the "1-sqrt" cooldown (Hägele et al. 2024)
+DECAY_EXCLUDABLE = ("norms", "biases", "embeddings")  # parameter classes optim.weight_decay_exclude may name
 
 
 @flax.struct.dataclass
@@ -24,26 +27,58 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  skipped_steps: jax.Array  # updates skipped because loss or gradients were not finite, in total
+  nonfinite_streak: jax.Array  # ... consecutively, up to this step
 
 
 def make_schedule(optim, num_steps: int):
-  """Linear warmup from 0, then cosine decay to end_lr_ratio * learning_rate at num_steps."""
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim.learning_rate, warmup_steps=optim.warmup_steps,
-      decay_steps=max(num_steps, optim.warmup_steps + 1), end_value=optim.learning_rate * optim.end_lr_ratio)
+  """Learning rate by step. Both start with a linear warmup from 0 over optim.warmup_steps.
+
+  cosine: cosine decay to end_lr_ratio * learning_rate at num_steps.
+  wsd (warmup-stable-decay): constant until num_steps - optim.decay_steps, then linear or 1-sqrt decay to
+  end_lr_ratio * learning_rate at num_steps. The stable phase does not depend on num_steps, so a shorter run
+  can branch off a longer run's stable-phase checkpoint (train.branch_from) and decay from there.
+  """
+  peak, end = optim.learning_rate, optim.learning_rate * optim.end_lr_ratio
+  if optim.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=peak, warmup_steps=optim.warmup_steps,
+        decay_steps=max(num_steps, optim.warmup_steps + 1), end_value=end)
+  warmup = optax.linear_schedule(0.0, peak, max(optim.warmup_steps, 1))
+  decay_start = num_steps - optim.decay_steps
+
+  def wsd(step):
+    t = jnp.clip((step - decay_start) / max(optim.decay_steps, 1), 0.0, 1.0)
+    fraction = t if optim.wsd_decay == "linear" else jnp.sqrt(t)
+    after_warmup = peak + (end - peak) * fraction
+    return jnp.where(step < optim.warmup_steps, warmup(step), after_warmup)
+  return wsd
 
 
-def decay_mask(params):
-  """True where weight decay applies: every parameter but norm scales and biases."""
-  return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key not in NO_DECAY_PARAMS, params)
+def parameter_class(path) -> str:
+  """'norms', 'biases', 'embeddings' or 'weights', from a parameter's path in the tree."""
+  names = [getattr(k, "key", str(k)) for k in path]
+  if any("norm" in n for n in names[:-1]):
+    return "norms"
+  if names[-1].endswith("bias"):
+    return "biases"
+  if names[-1] == "embedding":
+    return "embeddings"
+  return "weights"
+
+
+def decay_mask(params, exclude=("norms", "biases")):
+  """True where weight decay applies: every parameter whose class is not in `exclude`."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: parameter_class(path) not in exclude, params)
 
 
 def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
   """AdamW (Chameleon recipe defaults) after global-norm clipping."""
+  mask = functools.partial(decay_mask, exclude=tuple(optim.weight_decay_exclude))
   return optax.chain(
       optax.clip_by_global_norm(optim.clip_norm),
       optax.adamw(make_schedule(optim, num_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                  weight_decay=optim.weight_decay, mask=decay_mask))
+                  weight_decay=optim.weight_decay, mask=mask))
 
 
 def dummy_batch(seq_len: int, rows: int = 1) -> PackedBatch:
@@ -78,12 +113,14 @@ def state_shardings(model, tx, mesh, rules, seq_len: int):
   opt_sh = optax.tree_utils.tree_map_params(
       tx, lambda _, sh: sh, abstract.opt_state, param_sh, transform_non_params=lambda _: replicated,
       is_leaf=lambda x: isinstance(x, NamedSharding))
-  return TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
+  return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, skipped_steps=replicated,
+                    nonfinite_streak=replicated)
 
 
 def _init_state(model, tx, rng, seq_len):
   params = nn.unbox(model.init(rng, dummy_batch(seq_len))["params"])
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  zero = jnp.zeros((), jnp.int32)
+  return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped_steps=zero, nonfinite_streak=zero)
 
 
 def create_state(model, tx, mesh, rules, rng, seq_len: int):
