@@ -192,16 +192,29 @@ def test_every_state_of_a_short_run_restores_the_same_batches(shards):
   grain.experimental.assert_equal_output_after_checkpoint(ds.map(dataclasses.asdict))
 
 
-def test_worker_processes_give_a_resumable_stream(shards):
-  ds = pipeline.make_dataset(small_config(worker_count=2), shards)
+def test_worker_processes_resume_exactly_through_an_orbax_checkpoint(shards, tmp_path):
+  """Saved and restored as train/checkpoint.py does (orbax, grain.checkpoint), with 2 workers and skipped
+  records counted."""
+  import orbax.checkpoint as ocp
+
+  garbage = str(tmp_path / "garbage.array_record")
+  writer = array_record_module.ArrayRecordWriter(garbage, documents.WRITER_OPTIONS)
+  for i in range(10):
+    writer.write(b"not a record %d" % i)
+  writer.close()
+  c = small_config(worker_count=2, on_bad_record="skip")
+  ds = pipeline.make_dataset(c, [*shards, garbage])
   first = iter(ds)
-  for _ in range(3):
+  for _ in range(6):
     next(first)
-  state = first.get_state()
-  expected = [next(first) for _ in range(4)]
+  with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as manager:
+    manager.save(6, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(first)))
+  expected, count = [next(first) for _ in range(4)], first.bad_records
   resumed = iter(ds)
-  resumed.set_state(state)
+  with ocp.CheckpointManager(str(tmp_path / "checkpoints")) as manager:
+    manager.restore(6, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
   assert_batches_equal(expected, [next(resumed) for _ in range(4)])
+  assert resumed.bad_records == count > 0
   first.close()
   resumed.close()
 
