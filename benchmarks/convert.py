@@ -1,9 +1,11 @@
-"""Time and peak RSS of `unimodal-convert` to-hf and from-hf for a ~1.1B-parameter random model.
+"""Time and peak RSS of `unimodal-convert` to-hf and from-hf (or, with --mot, to-torch and from-torch) for a
+~1.1B-parameter random model.
 
-  python benchmarks/convert.py --workdir /tmp/convert_bench
+  python benchmarks/convert.py --workdir /tmp/convert_bench [--mot]
 
-Chameleon's vocabulary (65,536 ids), 16 layers of width 2048. Writes a random checkpoint step in a run's layout
-(params only), runs both commands in fresh processes and prints a markdown table (results: docs/convert.md).
+Chameleon's vocabulary (65,536 ids), 16 layers of width 2048; --mot: a Mixture-of-Transformers with 8 such layers,
+every group untied (text and image experts). Writes a random checkpoint step in a run's layout (params only), runs
+both commands in fresh processes and prints a markdown table (results: docs/convert.md).
 The peak RSS is each command's own (VmHWM), whatever this script holds.
 """
 import argparse
@@ -27,12 +29,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "chameleon_7b.py")
 MODEL = {"num_layers": 16, "embed_dim": 2048, "num_heads": 16, "num_kv_heads": 16, "head_dim": 128, "mlp_dim": 5632,
          "dtype": "float32"}
+MOT_CONFIG = os.path.join(REPO, "configs", "mot_chameleon_7b.py")
+MOT_MODEL = {**MODEL, "num_layers": 8}  # two experts per layer: about the dense model's parameter count
 
 
-def write_random_checkpoint(step_dir: str) -> int:
+def write_random_checkpoint(step_dir: str, config_file: str, model: dict) -> int:
   """A step directory whose state/ holds random float32 params of the benchmark model; returns their count."""
-  config = load_config_file(CONFIG)
-  config.model.update(MODEL)
+  config = load_config_file(config_file)
+  config.model.update(model)
   model = Transformer(config.model)
   shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(8))["params"]))
   rng = np.random.default_rng(0)
@@ -47,28 +51,33 @@ def run(command: list[str]) -> dict:
   if out.returncode:
     sys.exit(f"{' '.join(command)} failed:\n{out.stderr[-3000:]}")
   seconds, rss = re.search(r": ([\d.]+) s, peak RSS (\d+) MiB", out.stdout).groups()
-  return {"convert_s": float(seconds), "process_s": time.perf_counter() - start, "peak_rss_mib": int(rss)}
+  check = re.search(r"self-check .* error vs \S+ (\S+)", out.stdout)
+  return {"convert_s": float(seconds), "process_s": time.perf_counter() - start, "peak_rss_mib": int(rss),
+          "self_check": check.group(1) if check else "-"}
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--self_check", action="store_true", help="also compare logits with transformers")
+  parser.add_argument("--self_check", action="store_true", help="also compare logits with the PyTorch side")
+  parser.add_argument("--mot", action="store_true", help="a Mixture-of-Transformers: to-torch and from-torch")
   args = parser.parse_args()
-  step_dir, hf_dir, init_dir = (os.path.join(args.workdir, d) for d in ("checkpoints/0", "hf", "imported"))
-  count = write_random_checkpoint(step_dir)
+  config_file, model, fmt = (MOT_CONFIG, MOT_MODEL, "torch") if args.mot else (CONFIG, MODEL, "hf")
+  step_dir, out_dir, init_dir = (os.path.join(args.workdir, d) for d in ("checkpoints/0", fmt, "imported"))
+  count = write_random_checkpoint(step_dir, config_file, model)
   cli = [sys.executable, "-m", "unimodal_jax.convert.main"]
-  model_flags = [f"--config={CONFIG}"] + [f"--config.model.{k}={v}" for k, v in MODEL.items()]
+  model_flags = [f"--config={config_file}"] + [f"--config.model.{k}={v}" for k, v in model.items()]
   check = ["--self_check"] if args.self_check else []
-  rows = {f"to-hf --max_shard_gb={gb}": run(cli + ["to-hf", "--checkpoint", step_dir, "--out_dir", f"{hf_dir}_{gb}",
-                                                   f"--max_shard_gb={gb}"] + model_flags + check)
+  rows = {f"to-{fmt} --max_shard_gb={gb}": run(cli + [f"to-{fmt}", "--checkpoint", step_dir, "--out_dir",
+                                                      f"{out_dir}_{gb}", f"--max_shard_gb={gb}"] + model_flags + check)
           for gb in (2, 0.5)}
-  rows["from-hf"] = run(cli + ["from-hf", "--hf_dir", f"{hf_dir}_2", "--out_dir", init_dir] + model_flags + check)
+  rows[f"from-{fmt}"] = run(cli + [f"from-{fmt}", f"--{fmt}_dir", f"{out_dir}_2", "--out_dir", init_dir] + model_flags
+                            + check)
   print(f"{count / 1e9:.2f}B params ({4 * count / 2**30:.1f} GiB float32); {platform.node()}, {os.cpu_count()} CPUs")
-  print("| command | conversion (s) | process incl. imports (s) | peak RSS (MiB) |")
-  print("|---|---|---|---|")
+  print("| command | conversion (s) | process incl. imports and self-check (s) | peak RSS (MiB) | self-check error |")
+  print("|---|---|---|---|---|")
   for name, r in rows.items():
-    print(f"| {name} | {r['convert_s']:.1f} | {r['process_s']:.1f} | {r['peak_rss_mib']} |")
+    print(f"| {name} | {r['convert_s']:.1f} | {r['process_s']:.1f} | {r['peak_rss_mib']} | {r['self_check']} |")
 
 
 if __name__ == "__main__":

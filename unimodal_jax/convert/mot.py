@@ -1,4 +1,4 @@
-"""Our param tree (dense or Mixture-of-Transformers) <-> a PyTorch directory in BAGEL's naming (config.json, safetensors).
+"""Our param tree (dense or Mixture-of-Transformers) <-> a PyTorch directory in BAGEL's naming (safetensors + config).
 
 Qwen2-style names for the text (understanding) expert; the image (generation) expert adds BAGEL's `_moe_gen` suffix
 (`q_proj_moe_gen`, `mlp_moe_gen`, `norm_moe_gen`). Groups not in `model.mot_untied` export once, without a suffix.

@@ -208,6 +208,7 @@ def load(path: str) -> MoTForCausalLM:
   state = {}
   for filename in files:
     state.update(load_file(os.path.join(path, filename)))
-  model = MoTForCausalLM(config)
-  model.load_state_dict(state, strict=True)
+  with torch.device("meta"):  # no memory for initial values: the loaded tensors become the parameters
+    model = MoTForCausalLM(config)
+  model.load_state_dict(state, strict=True, assign=True)
   return model.eval()
