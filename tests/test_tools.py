@@ -24,7 +24,7 @@ def test_show_batch_recovers_captions_and_images(tmp_path):
   vocab = from_config(c)
   paths = embedded.prepare(c, str(tmp_path))
   text_tok, image_tok = embedded.load_tokenizers(str(tmp_path), vocab)
-  batch = next(iter(pipeline.make_dataset(c, paths)))
+  batch = next(b for b in iter(pipeline.make_dataset(c, paths)) if np.any(b.tokens == vocab.boi_id))
   show_batch = load_tool("show_batch")
   captions = {caption for _, _, caption in embedded.IMAGES}
   num_images, num_captions = 0, 0
