@@ -175,8 +175,9 @@ def test_processes_read_disjoint_records_that_cover_the_epoch(shards):
   assert seen[0] | seen[1] | seen[2] == set(range(NUM_DOCS))
 
 
-def test_an_iterator_resumes_from_its_state(shards):
-  ds = pipeline.make_dataset(small_config(), shards)
+@pytest.mark.parametrize("read_threads", [0, 2])
+def test_an_iterator_resumes_from_its_state(shards, read_threads):
+  ds = pipeline.make_dataset(small_config(read_threads=read_threads), shards)
   it = iter(ds)
   for _ in range(7):
     next(it)
