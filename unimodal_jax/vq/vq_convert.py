@@ -150,7 +150,7 @@ def load_tokenizer(out_dir: str):
   return import_state_dict(load_state_dict(os.path.join(out_dir, WEIGHTS_FILE)), shapes), config
 
 
-def import_chameleon(path: str, config, template):
+def import_chameleon(path: str, template):
   """transformers `ChameleonVQVAE` (or full Chameleon) weights -> params; the decoder keeps `template`'s values
   when the checkpoint has none (transformers' converter drops it)."""
   return import_state_dict(load_state_dict(path), template, allow_missing=ENCODE_ONLY_MISSING)

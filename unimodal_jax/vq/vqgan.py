@@ -231,10 +231,10 @@ class VQGAN(nn.Module):
 
 
 def init_params(config, key, batch: int = 1):
-  """float32 params for `config.vqgan` (shape-only trace plus one init)."""
+  """float32 params for `config.vqgan`, initialised in one jitted call (eager init compiles op by op)."""
   c = config
-  images = jnp.zeros((batch, c.resolution, c.resolution, c.in_channels), jnp.float32)
-  return VQGAN(c).init(key, images)["params"]
+  images = jax.ShapeDtypeStruct((batch, c.resolution, c.resolution, c.in_channels), jnp.float32)
+  return jax.jit(lambda k: VQGAN(c).init(k, jnp.zeros(images.shape, images.dtype))["params"])(key)
 
 
 def to_pixels(images):
