@@ -20,7 +20,7 @@ class NoValidCheckpointError(RuntimeError):
 
 def make_manager(workdir: str, train_config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=train_config.checkpoint_every, max_to_keep=train_config.keep_checkpoints,
+      max_to_keep=train_config.keep_checkpoints,
       keep_period=train_config.keep_period or None, enable_async_checkpointing=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
@@ -30,15 +30,18 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, config, *, force: bool = False):
-  """Start saving `state` at `step` (given by the host so as not to wait on the device) if due or forced.
+  """Start saving `state` at `step` (given by the host so as not to wait on the device) if it is a multiple of
+  train.checkpoint_every, or if forced. (Orbax alone would also save the first step of a run.)
 
   Returns the seconds the caller was blocked (the device-to-host copy; writing continues in the background),
   or None when no save was due.
   """
+  if not force and step % config.train.checkpoint_every:
+    return None
   t0 = time.perf_counter()
   started = manager.save(step, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=force)
+      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=True)
   return time.perf_counter() - t0 if started else None
 
 
