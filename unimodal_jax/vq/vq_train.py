@@ -49,7 +49,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
-  c.eval_every = 0  # steps between eval-set PSNR; 0: only at the end
+  c.eval_every = 0  # steps between eval-set PSNR (and once before training); 0: only at the end
   c.update(overrides)
   return c
 
@@ -154,7 +154,7 @@ def make_train_step(config, lpips_weights=None):
     images = vqgan.from_pixels(pixels)
     grads, (metrics, recon, codes) = jax.grad(generator_loss, has_aux=True)(
         state["params"], state["disc_params"], images, use_gan)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     state = {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
     if use_gan:
@@ -239,6 +239,8 @@ def train(config, workdir: str) -> dict:
   eval_pixels = data.eval_images()
   writer = MetricsWriter(workdir)
   log_counts, start, tick = np.zeros(m.num_embeddings, np.int64), int(state["step"]), time.time()
+  if t.eval_every and start == 0:  # the baseline the run improves on
+    writer.write(0, evaluate(reconstruct, state["params"], eval_pixels))
   for step in range(start, t.num_steps):
     pixels = jax.make_array_from_process_local_data(
         batch_sharding, data.batch(step, local_batch, jax.process_index()))
