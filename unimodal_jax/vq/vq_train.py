@@ -211,6 +211,20 @@ def evaluate(reconstruct, params, pixels: np.ndarray) -> dict:
           "eval/codebook_usage_pct": 100.0 * np.mean(counts > 0)}
 
 
+def save_figure(originals: np.ndarray, reconstructions: np.ndarray, path: str, columns: int = 8) -> None:
+  """A PNG of originals (odd rows) above their reconstructions (even rows), `columns` images per row."""
+  n, size = len(originals), originals.shape[1]
+  rows = -(-n // columns)
+  canvas = np.full((2 * rows * (size + 2), columns * (size + 2), 3), 255, np.uint8)
+  for i in range(n):
+    r, c = divmod(i, columns)
+    for k, image in enumerate((originals[i], reconstructions[i])):
+      top, left = (2 * r + k) * (size + 2), c * (size + 2)
+      canvas[top:top + size, left:left + size] = image
+  from PIL import Image
+  Image.fromarray(canvas).save(path)
+
+
 def train(config, workdir: str) -> dict:
   """Train `config.vqgan` on the scikit-image photos; resume from the newest checkpoint in `workdir`.
 
@@ -267,6 +281,7 @@ def train(config, workdir: str) -> dict:
   params = jax.device_get(state["params"])
   if jax.process_index() == 0:
     vq_convert.save_tokenizer(params, m, os.path.join(workdir, TOKENIZER_DIR))
+    save_figure(eval_pixels, np.asarray(reconstruct(params, eval_pixels)[0]), os.path.join(workdir, "reconstructions.png"))
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=1)
   return final
