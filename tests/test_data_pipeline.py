@@ -227,3 +227,22 @@ def test_a_version_1_record_is_rejected_with_how_to_rewrite_it(tmp_path):
   writer.close()
   with pytest.raises(ValueError, match=f"{path} record 0: document format version 1 .*unimodal-make-shards"):
     next(iter(pipeline.make_dataset(small_config(), [path])))
+
+
+def test_one_process_serving_two_data_shards_yields_the_two_process_global_batch(shards):
+  """data.num_shards fixes the batches: 1 process x 2 shards == rows of process 0 then process 1 of 2."""
+  one = take(pipeline.make_dataset(small_config(num_shards=2), shards), 4)
+  halves = [take(pipeline.make_dataset(small_config(), shards, process_index=i, process_count=2), 4) for i in (0, 1)]
+  expected = [batch_lib.PackedBatch(**{f: np.concatenate([getattr(a, f), getattr(b, f)]) for f in batch_lib.FIELDS})
+              for a, b in zip(*halves)]
+  assert_batches_equal(one, expected)
+
+
+def test_a_multi_shard_iterator_resumes_from_its_state(shards):
+  ds = grain.experimental.LimitIterDataset(pipeline.make_dataset(small_config(num_shards=2), shards), count=6)
+  grain.experimental.assert_equal_output_after_checkpoint(ds.map(dataclasses.asdict))
+
+
+def test_data_num_shards_must_be_a_multiple_of_the_processes():
+  with pytest.raises(config_lib.ConfigError, match="config.data.num_shards: 3"):
+    config_lib.validate(small_config(num_shards=3), num_devices=2, process_count=2)

@@ -20,6 +20,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
+    ("norm", None),  # RMSNorm scales: replicated
     ("layers", None),
     ("expert", None),
     # activations
@@ -70,6 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.loss_weight_text = 1.0
   c.data.loss_weight_image = 1.0
   c.data.worker_count = 0
+  # Disjoint data shards, each packed into its own rows of the batch; 0 = one per process. Fix it (e.g. to the
+  # largest host count) to make the batches independent of how many processes serve them.
+  c.data.num_shards = 0
   c.data.read_threads = 0  # threads reading records per process; 0 = in the pipeline's thread (fastest on local disk)
   # data.source='mixture': name -> ConfigDict(kind='shards', path=<glob or dir>, weight=w) or ConfigDict(
   # kind='tfds', path=<builder dir> or tfds_name=..., data_dir=..., split='train', weight=w[, text_feature,
@@ -268,6 +272,10 @@ def validate(config, num_devices: int, process_count: int = 1):
          f"{t.batch_size} is not divisible by the data-parallel size mesh.data*mesh.fsdp = {data}*{fsdp}")
   _check(t.batch_size % process_count == 0, "train.batch_size",
          f"{t.batch_size} is not divisible by the process count {process_count}")
+  shards = d.num_shards or process_count
+  _check(d.num_shards >= 0 and shards % process_count == 0 and t.batch_size % shards == 0, "data.num_shards",
+         f"{d.num_shards}: must be 0 (one per process) or a multiple of the {process_count} processes that divides "
+         f"train.batch_size={t.batch_size}")
   for key, size in (("num_heads", m.num_heads), ("num_kv_heads", m.num_kv_heads), ("mlp_dim", m.mlp_dim),
                     ("vocab_size", m.vocab_size)):
     _check(size % tensor == 0, f"model.{key}", f"{size} is not divisible by mesh.tensor={tensor}")

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator, Sequence
 
 import grain
+import jax
 import numpy as np
 from absl import flags
 
@@ -80,11 +81,44 @@ class CountBadRecords(grain.IterDataset):
     return _CountingIterator(self._parent.__iter__())
 
 
-def process_batch_size(config, process_count: int) -> int:
-  """Rows per process: train.batch_size split evenly over processes."""
-  if config.train.batch_size % process_count:
-    raise ValueError(f"train.batch_size={config.train.batch_size} is not divisible by the {process_count} processes")
-  return config.train.batch_size // process_count
+class _ConcatRowsIterator(grain.DatasetIterator):
+  def __init__(self, parents):
+    super().__init__()
+    self._shards = parents
+
+  @property
+  def bad_records(self) -> int:
+    return sum(it.bad_records for it in self._shards)
+
+  def __next__(self) -> batch_lib.PackedBatch:
+    parts = [next(it) for it in self._shards]
+    return jax.tree.map(lambda *rows: np.concatenate(rows), *parts)
+
+  def get_state(self):
+    return {"shards": [it.get_state() for it in self._shards]}
+
+  def set_state(self, state):
+    for it, shard_state in zip(self._shards, state["shards"], strict=True):
+      it.set_state(shard_state)
+
+
+class ConcatRows(grain.IterDataset):
+  """The rows of several data shards' batches, stacked in shard order: one process serving several shards."""
+
+  def __init__(self, shards: Sequence[grain.IterDataset]):
+    super().__init__(list(shards))
+
+  def __iter__(self):
+    return _ConcatRowsIterator([iter(p) for p in self._parents])
+
+
+def num_data_shards(config, process_count: int) -> int:
+  """Data shards of the run: data.num_shards, or one per process when it is 0."""
+  shards = config.data.num_shards or process_count
+  if shards % process_count or config.train.batch_size % shards:
+    raise ValueError(f"data.num_shards={shards} must be a multiple of the {process_count} processes and divide "
+                     f"train.batch_size={config.train.batch_size}")
+  return shards
 
 
 def pack_spec(config, batch_size: int) -> packing.PackSpec:
@@ -97,11 +131,11 @@ def _shuffle_seed(seed: int, source: int) -> int:
   return int(np.random.SeedSequence((seed, source)).generate_state(1)[0])
 
 
-def documents_dataset(config, sources: Sequence[sources_lib.Source], *, process_index: int = 0,
-                      process_count: int = 1, num_epochs: int | None = None) -> grain.MapDataset:
-  """Rendered documents (or `packing.Skipped`) of this process, mixed by source weight; endless by default.
+def documents_dataset(config, sources: Sequence[sources_lib.Source], *, shard: int = 0,
+                      num_shards: int = 1, num_epochs: int | None = None) -> grain.MapDataset:
+  """Rendered documents (or `packing.Skipped`) of one data shard, mixed by source weight; endless by default.
 
-  Process i reads records i, i + process_count, ... of every source (disjoint shares).
+  Shard i reads records i, i + num_shards, ... of every source (disjoint shares).
   """
   vocab = vocab_lib.from_config(config)
   grid = config.vq.image_size // config.vq.patch_size
@@ -110,9 +144,9 @@ def documents_dataset(config, sources: Sequence[sources_lib.Source], *, process_
     loader = RecordLoader(source=i, parser=source.parser, vocab=vocab, image_grid=grid,
                           max_tokens=config.data.max_document_tokens, task=tasks.TaskSpec.from_config(config),
                           seed=config.seed, on_bad_record=config.data.on_bad_record)
-    ds = grain.MapDataset.source(source.records).map_with_index(loader)[process_index::process_count]
+    ds = grain.MapDataset.source(source.records).map_with_index(loader)[shard::num_shards]
     if len(ds) == 0:
-      raise ValueError(f"process {process_index} of {process_count} gets no records from source "
+      raise ValueError(f"data shard {shard} of {num_shards} gets no records from source "
                        f"{source.name or config.data.source!r} ({len(source.records)} records)")
     if config.data.shuffle:
       ds = ds.shuffle(seed=_shuffle_seed(config.seed, i))
@@ -127,13 +161,25 @@ def make_dataset(config, paths: Sequence[str] | None = None, *, process_index: i
   """Endless PackedBatches of [train.batch_size // process_count, data.seq_len] for one process.
 
   `paths` are the shards of data.source 'embedded' or 'shards'; data.source='mixture' reads data.sources.
+  The records are split into `num_data_shards` disjoint data shards, each packed into its own rows; process i
+  serves a contiguous block of them. So the global batch depends on data.num_shards, not on the process count:
+  a run on 2 hosts and one on 1 host with data.num_shards=2 see the same batches.
   The stream is a function of `config.seed` and `data.worker_count` (each worker packs its own slice of the
   record stream); iterators resume exactly with get_state/set_state, and `iter(ds).bad_records` counts the
   records skipped so far.
   """
-  batch_size = process_batch_size(config, process_count)
-  ds = documents_dataset(config, sources_lib.from_config(config, paths), process_index=process_index,
-                         process_count=process_count)
+  shards = num_data_shards(config, process_count)
+  per_process = shards // process_count
+  datasets = [shard_dataset(config, paths, shard=process_index * per_process + i, num_shards=shards)
+              for i in range(per_process)]
+  return datasets[0] if per_process == 1 else ConcatRows(datasets)
+
+
+def shard_dataset(config, paths: Sequence[str] | None, *, shard: int, num_shards: int) -> grain.IterDataset:
+  """Endless PackedBatches of [train.batch_size // num_shards, data.seq_len] from records shard, shard +
+  num_shards, ... of every source."""
+  batch_size = config.train.batch_size // num_shards
+  ds = documents_dataset(config, sources_lib.from_config(config, paths), shard=shard, num_shards=num_shards)
   # Not grain's default of 16 threads and 500 buffered records: it rescans that buffer for every record,
   # which costs ~2x the throughput on local disk.
   threads = config.data.read_threads

@@ -2,11 +2,13 @@
 read per-chip memory and FLOPs from the executable. Builds everything as training does; allocates nothing.
 """
 import dataclasses
+import math
 
 import jax
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.model import flops as flops_lib
+from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import aot
 
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # how the TPU compiler says a program does not fit in HBM
@@ -54,9 +56,10 @@ def compile_train_step(config, devices):
   Raises jax.errors.JaxRuntimeError with RESOURCE_EXHAUSTED when the TPU compiler finds it does not fit.
   """
   slices = len({getattr(d, "slice_index", 0) for d in devices})
-  if slices > 1:  # plan only what training can run
-    raise config_lib.ConfigError(f"config.mesh: the devices span {slices} slices, but mesh.create_mesh builds a "
-                                 "single-slice mesh (multislice needs dcn_* mesh axes)")
+  dcn = math.prod(mesh_lib.dcn_shape(config.mesh))
+  if slices != dcn:  # the mesh must put its dcn_* axes exactly across the slices, as training does
+    raise config_lib.ConfigError(f"config.mesh.dcn_*: the devices span {slices} slice(s), but dcn_data * dcn_fsdp * "
+                                 f"dcn_tensor = {dcn}")
   return aot.lower_train_step(config, devices).compile()
 
 
@@ -131,12 +134,13 @@ def _unless_out_of_memory(compile_fn):
 
 
 def mesh_shapes(config, num_devices: int) -> list[tuple[int, int, int]]:
-  """Every (data, fsdp, tensor) with product num_devices that `config.validate` accepts."""
+  """Every per-slice (data, fsdp, tensor) of num_devices (over all slices) that `config.validate` accepts."""
   shapes = []
-  for data in range(1, num_devices + 1):
-    for fsdp in range(1, num_devices // data + 1):
-      tensor = num_devices // (data * fsdp)
-      if data * fsdp * tensor != num_devices:
+  per_slice = num_devices // math.prod(mesh_lib.dcn_shape(config.mesh))
+  for data in range(1, per_slice + 1):
+    for fsdp in range(1, per_slice // data + 1):
+      tensor = per_slice // (data * fsdp)
+      if data * fsdp * tensor != per_slice:
         continue
       try:
         config_lib.validate(with_overrides(config, mesh={"data": data, "fsdp": fsdp, "tensor": tensor}),

@@ -6,6 +6,7 @@ train step ahead of time on this host (needs libtpu, no TPU) and prints per-chip
 
 Exit status: 0 it fits; 1 it does not (with --sweep_mesh: no mesh fits); 2 the config cannot run at all.
 """
+import math
 import sys
 
 import jax
@@ -13,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unimodal_jax.config import ConfigError
-from unimodal_jax.parallel import plan as plan_lib, topology as topology_lib
+from unimodal_jax.parallel import mesh as mesh_lib, plan as plan_lib, topology as topology_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: an accelerator type (v5p-256, v5e-8, v6e-256) or "
@@ -106,6 +107,9 @@ def main(argv):
   topology = topology_lib.parse(_TOPOLOGY.value, _SLICES.value)
   devices = topology_lib.tpu_devices(_TOPOLOGY.value, _SLICES.value)
   config = planning_config(_CONFIG.value)
+  if _SLICES.value > 1 and math.prod(mesh_lib.dcn_shape(config.mesh)) == 1:
+    config.mesh.dcn_data = _SLICES.value  # the usual multislice layout: data parallelism across slices
+    print(f"--slices={_SLICES.value}: mesh.dcn_data={_SLICES.value} (set --config.mesh.dcn_* to choose)", flush=True)
   try:
     if _SWEEP_MESH.value:
       print(f"{topology.name}: the meshes {_CONFIG.value.model.num_layers}-layer config allows, batch "

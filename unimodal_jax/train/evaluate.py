@@ -19,6 +19,7 @@ def held_out_batches(config, paths, *, process_index: int, process_count: int) -
   eval_config = config.copy_and_resolve_references()
   eval_config.data.shuffle = False
   eval_config.data.worker_count = 0
+  eval_config.data.source = "shards"  # `paths`, whatever the training source
   dataset = pipeline.make_dataset(eval_config, paths, process_index=process_index, process_count=process_count)
   return list(itertools.islice(iter(dataset), config.eval.num_batches))
 

@@ -9,6 +9,7 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.data import embedded, pipeline
@@ -27,13 +28,16 @@ def _shards(directory: str, key: str) -> list[str]:
   return paths
 
 
-def data_paths(config, workdir: str) -> tuple[list[str], list[str]]:
+def data_paths(config, workdir: str) -> tuple[list[str] | None, list[str]]:
   """(train, held-out) shards of `config.data.source`, prepared on first use; no held-out shards without eval.
 
-  With the embedded source and no eval.dir, its last shard is held out of training.
+  Train shards are None for data.source='mixture' (the pipeline reads data.sources). With the embedded source
+  and no eval.dir, its last shard is held out of training.
   """
   if config.data.source == "embedded":
     train_paths = embedded.prepare(config, config.data.dir or os.path.join(workdir, "data"))
+  elif config.data.source == "mixture":
+    train_paths = None
   else:
     train_paths = _shards(config.data.dir, "data.dir")
   if config.eval.every <= 0:
@@ -88,6 +92,12 @@ def upcycled_params(config, model, mesh, rules, param_shardings):
                               num_experts=config.model.num_experts)
   with mesh_lib.mesh_context(mesh, rules):
     return jax.jit(upcycle, out_shardings=param_shardings)(params)
+
+
+def bad_records(data_iter) -> float:
+  """Records skipped so far (data.on_bad_record='skip'), summed over processes."""
+  counts = np.array(data_iter.bad_records, np.int64)
+  return float(multihost_utils.process_allgather(counts).sum() if jax.process_count() > 1 else counts)
 
 
 class NonFiniteError(RuntimeError):
@@ -172,6 +182,7 @@ def train(config, workdir: str) -> dict:
         last = interval_metrics(pending)  # blocks until the interval's steps are done
         elapsed = time.perf_counter() - t0
         last.update(throughput(last["num_tokens"] / elapsed, config), step_time=elapsed / len(pending), **extra)
+        last["data/bad_records"] = bad_records(data_iter)
         if eval_paths and (done % config.eval.every == 0 or done == t.num_steps):
           last.update(evaluate.evaluate(eval_step, state.params, eval_batches, mesh))
         writer.write(done, last)

@@ -93,6 +93,7 @@ def train_step(state: TrainState, batch: PackedBatch, *, model, tx, vocab, confi
   if config.model.num_experts > 1:  # tokens each expert processed (inputs, padding excluded)
     for i, name in enumerate(MODALITIES):
       metrics[f"expert_tokens/{name}"] = jnp.sum((batch.modality == i) & (batch.segment_ids > 0))
+  metrics["data/padding"] = jnp.mean((batch.segment_ids == 0).astype(jnp.float32))  # positions holding no token
   metrics["lr"] = schedule(state.step)
   metrics["skipped_steps"] = new_state.skipped_steps
   metrics["nonfinite_streak"] = new_state.nonfinite_streak
