@@ -104,3 +104,22 @@ def test_killed_run_resumes_without_duplicating_or_losing_images(tmp_path, token
                      for i in sample])
   np.testing.assert_array_equal(np.stack([records[i]["codes"] for i in sample]),
                                 _reference_codes(tokenizer_dir, pixels))
+
+
+def test_array_record_of_encoded_images_tokenizes_like_the_folder(tmp_path, tokenizer_dir):
+  from array_record.python import array_record_module
+  rng = np.random.default_rng(2)
+  src = tmp_path / "images"
+  src.mkdir()
+  for i in range(5):
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(src / f"{i}.png")
+  writer = array_record_module.ArrayRecordWriter(str(tmp_path / "images.array_record"), "group_size:1")
+  for i in range(5):
+    writer.write((src / f"{i}.png").read_bytes())
+  writer.close()
+  for name, source in (("folder", images_lib.FolderSource(str(src))),
+                       ("array_record", images_lib.ArrayRecordSource(str(tmp_path / "*.array_record")))):
+    tokenize.tokenize(source, tokenizer_dir, str(tmp_path / name), shard_size=4, batch_size=8, progress=False)
+  folder, records = (tokenize.read_shards(str(tmp_path / n)) for n in ("folder", "array_record"))
+  assert [r["index"] for r in records] == list(range(5))
+  np.testing.assert_array_equal(np.stack([r["codes"] for r in records]), np.stack([r["codes"] for r in folder]))

@@ -145,3 +145,25 @@ def test_perceptual_loss_without_weights_is_a_config_error():
 def test_norm_groups_must_divide_channels():
   with pytest.raises(ValueError, match="vqgan.norm_groups"):
     vqgan.validate(vqgan.model_config(base_channels=48, norm_groups=32))
+
+
+def test_perceptual_distance_from_user_weights(tmp_path):
+  from safetensors.numpy import save_file
+  from unimodal_jax.vq import perceptual
+  rng = np.random.default_rng(0)
+  tensors, in_channels = {}, 3
+  for index, channels in zip(perceptual.CONVS, perceptual.CHANNELS):
+    tensors[f"features.{index}.weight"] = (rng.normal(size=(channels, in_channels, 3, 3)) /
+                                           np.sqrt(9 * in_channels)).astype(np.float32)
+    tensors[f"features.{index}.bias"] = np.zeros(channels, np.float32)
+    in_channels = channels
+  save_file(tensors, str(tmp_path / "vgg.safetensors"))
+  weights = perceptual.load_weights(str(tmp_path / "vgg.safetensors"))
+  a = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+  b = np.clip(a + rng.normal(scale=0.3, size=a.shape), -1, 1).astype(np.float32)
+  d = jax.jit(perceptual.distance)(weights, jnp.asarray(np.concatenate([a, a])), jnp.asarray(np.concatenate([a, b])))
+  assert np.allclose(np.asarray(d[:2]), 0.0) and np.all(np.asarray(d[2:]) > 0)
+  del tensors["features.28.bias"]
+  save_file(tensors, str(tmp_path / "partial.safetensors"))
+  with pytest.raises(KeyError, match="features.28.bias"):
+    perceptual.load_weights(str(tmp_path / "partial.safetensors"))
