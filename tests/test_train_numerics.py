@@ -1,6 +1,7 @@
 """Train-step numerics: gradient accumulation equals one big batch, the NaN/Inf guard skips and halts, the WSD
 schedule and the weight-decay mask follow their definitions."""
 import functools
+import glob
 
 import flax.linen as nn
 import jax
@@ -110,3 +111,35 @@ def test_weight_decay_mask_excludes_the_configured_parameter_classes():
   assert classes["layers/attn/q_bias"] == "biases" and classes["layers/mlp/wo"] == "weights"
   mask = state_lib.decay_mask(params, exclude=("norms", "embeddings"))
   assert not mask["embedding"] and mask["layers"]["attn"]["q_bias"] and not mask["final_norm"]["scale"]
+
+
+def test_held_out_eval_and_the_profiler_window(tmp_path):
+  """eval/* in metrics.jsonl equal the loss of the saved params on the held-out shard's first batches, computed
+  here batch by batch; the profiler writes a trace for the configured steps."""
+  from unimodal_jax.convert.checkpoint import load_all, read_params
+  from unimodal_jax.data import embedded
+  from unimodal_jax.train import metrics as metrics_lib
+  c = load_config("tiny")
+  c.train.num_steps, c.train.log_every, c.eval.every, c.eval.num_batches = 6, 3, 3, 2
+  c.train.profile_start_step, c.train.profile_num_steps = 1, 2
+  workdir = str(tmp_path / "run")
+  loop.train(c, workdir)
+  rows = metrics_lib.read_metrics(f"{workdir}/metrics.jsonl")
+  assert [r["step"] for r in rows] == [3, 6] and all("eval/loss/text" in r for r in rows)
+  assert glob.glob(f"{workdir}/profile/plugins/profile/*/*.xplane.pb")
+
+  held_out = embedded.prepare(c, f"{workdir}/data")[-1:]
+  eval_config = c.copy_and_resolve_references()
+  eval_config.data.shuffle, eval_config.data.source = False, "shards"
+  data = iter(loop.pipeline.make_dataset(eval_config, held_out))
+  params = load_all(read_params(f"{workdir}/checkpoints/6"))
+  vocab, model = from_config(c), Transformer(c.model)
+  losses, weights = [], []
+  for _ in range(2):
+    batch = next(data)
+    loss, _ = step_lib.loss_fn(params, batch, model=model, vocab=vocab, z_loss=c.model.z_loss)
+    losses.append(float(loss))
+    weights.append(float(batch.loss_weights.sum()))
+  expected = np.dot(losses, weights) / np.sum(weights)
+  assert rows[-1]["eval/loss"] == pytest.approx(expected, rel=1e-5)
+  assert rows[-1]["eval/num_tokens"] == np.sum(weights)
