@@ -9,7 +9,7 @@ from unimodal_jax.config import load_config_file
 from unimodal_jax.train.metrics import read_metrics
 from unimodal_jax.vq import codes, photos, vq_convert, vq_train, vqgan
 
-STEPS, DISC_START = 100, 90
+STEPS, DISC_START = 60, 50
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("vq_tiny"))
   config = load_config_file("configs/vq_tiny.py")
   config.vq_train.num_steps, config.vq_train.log_every, config.vq_train.disc_start = STEPS, 20, DISC_START
-  config.vq_train.eval_every = 50
+  config.vq_train.eval_every = 60
   final = vq_train.train(config, workdir)
   return config, workdir, final, read_metrics(os.path.join(workdir, "metrics.jsonl"))
 

@@ -294,6 +294,11 @@ def make_manager(workdir: str, t) -> ocp.CheckpointManager:
 
 
 def save(manager, step: int, state, *, force: bool = False) -> bool:
+  """Save if due (or forced). The state is replicated: saved from host copies, as orbax's replica slicing of
+  device arrays compiles one slice per array and step shape."""
+  if not (force or manager.should_save(step)):
+    return False
+  state = jax.device_get(state)
   return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
 
 
