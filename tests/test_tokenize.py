@@ -123,3 +123,33 @@ def test_array_record_of_encoded_images_tokenizes_like_the_folder(tmp_path, toke
   folder, records = (tokenize.read_shards(str(tmp_path / n)) for n in ("folder", "array_record"))
   assert [r["index"] for r in records] == list(range(5))
   np.testing.assert_array_equal(np.stack([r["codes"] for r in records]), np.stack([r["codes"] for r in folder]))
+
+
+def test_tfds_dataset_of_uint8_images(tmp_path, tokenizer_dir):
+  import tensorflow_datasets as tfds
+  rng = np.random.default_rng(3)
+  arrays = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(4)]
+
+  class VqImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Tensor(shape=(20, 24, 3), dtype=np.uint8)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, a in enumerate(arrays):
+        yield i, {"image": a}
+
+  builder = VqImages(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+  builder.download_and_prepare()
+  source = images_lib.TfdsSource(builder.data_dir, "train", None, "image")
+  totals = tokenize.tokenize(source, tokenizer_dir, str(tmp_path / "codes"), shard_size=3, batch_size=8,
+                             progress=False)
+  assert totals["written"] == 4
+  records = sorted(tokenize.read_shards(str(tmp_path / "codes")), key=lambda r: r["index"])
+  pixels = np.stack([images_lib.prepare(source.load(r["index"]), RESOLUTION, 16, 10 ** 6)[0] for r in records])
+  np.testing.assert_array_equal(np.stack([r["codes"] for r in records]), _reference_codes(tokenizer_dir, pixels))

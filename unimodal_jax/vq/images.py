@@ -63,12 +63,16 @@ class ArrayRecordSource:
 
 
 class TfdsSource:
-  """`tfds.data_source(name, split)`; the `image_key` feature is encoded bytes or a uint8 array."""
+  """`tfds.data_source(name, split)`, or a prepared dataset's directory (`builder_from_directory`); the
+  `image_key` feature is encoded bytes or a uint8 array. No TensorFlow needed for array_record datasets."""
 
   def __init__(self, name: str, split: str, data_dir: str | None, image_key: str):
     import tensorflow_datasets as tfds
     self.label = f"{name}:{split}"
-    self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+    if os.path.isdir(name):
+      self.source = tfds.builder_from_directory(name).as_data_source(split=split)
+    else:
+      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
     self.image_key = image_key
 
   def __len__(self):

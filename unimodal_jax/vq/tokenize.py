@@ -145,7 +145,8 @@ def tokenize(source, tokenizer_dir: str, out_dir: str, *, shard_size: int = 1024
 
 
 _IMAGES = flags.DEFINE_string("images", None, "A folder of image files (recursive).")
-_TFDS = flags.DEFINE_string("tfds", None, "A TFDS dataset as name:split, read with tfds.data_source.")
+_TFDS = flags.DEFINE_string("tfds", None, "A TFDS dataset as name:split (tfds.data_source) or dataset_dir:split "
+                            "(a prepared dataset's versioned directory).")
 _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
 _IMAGE_KEY = flags.DEFINE_string("image_key", "image", "TFDS feature holding the image (bytes or uint8 array).")
 _ARRAY_RECORD = flags.DEFINE_string("array_record", None, "Glob of ArrayRecord files whose records are image files.")
@@ -165,7 +166,7 @@ def _source():
     return images_lib.FolderSource(_IMAGES.value)
   if _ARRAY_RECORD.value:
     return images_lib.ArrayRecordSource(_ARRAY_RECORD.value)
-  name, _, split = _TFDS.value.partition(":")
+  name, _, split = _TFDS.value.rpartition(":") if ":" in _TFDS.value else (_TFDS.value, "", "")
   return images_lib.TfdsSource(name, split or "train", _TFDS_DIR.value, _IMAGE_KEY.value)
 
 
