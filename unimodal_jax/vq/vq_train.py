@@ -233,8 +233,9 @@ def train(config, workdir: str) -> dict:
   validate(config)
   m, t = config.vqgan, config.vq_train
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
   mesh = mesh_lib.create_mesh(config.mesh)
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.batch_size % data_size:
@@ -248,8 +249,8 @@ def train(config, workdir: str) -> dict:
   state = restore_latest(manager, state)
   data = photos.PhotoCrops(m.resolution, config.seed)
   local_batch = t.batch_size // jax.process_count()
-  step_fn, restart_fn, reconstruct = make_train_step(config, lpips_weights), make_restart(config), make_reconstruct(
-      config)
+  step_fn, restart_fn = make_train_step(config, lpips_weights), make_restart(config)
+  reconstruct = make_reconstruct(config)
   eval_pixels = data.eval_images()
   writer = MetricsWriter(workdir)
   log_counts, start, tick = np.zeros(m.num_embeddings, np.int64), int(state["step"]), time.time()
@@ -281,7 +282,8 @@ def train(config, workdir: str) -> dict:
   params = jax.device_get(state["params"])
   if jax.process_index() == 0:
     vq_convert.save_tokenizer(params, m, os.path.join(workdir, TOKENIZER_DIR))
-    save_figure(eval_pixels, np.asarray(reconstruct(params, eval_pixels)[0]), os.path.join(workdir, "reconstructions.png"))
+    recon = np.asarray(reconstruct(params, eval_pixels)[0])
+    save_figure(eval_pixels, recon, os.path.join(workdir, "reconstructions.png"))
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=1)
   return final
