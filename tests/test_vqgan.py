@@ -91,6 +91,8 @@ def test_import_names_the_bad_tensor():
                               latent_channels=8, embed_dim=4, num_embeddings=16, norm_groups=4)
   params = _random_params(config, 0)
   state = vq_convert.export_state_dict(params)
+  state["loss.discriminator.main.0.weight"] = np.zeros((4, 3, 4, 4), np.float32)  # as in taming's vqgan.ckpt
+  vq_convert.import_state_dict(state, params)
   state["encoder.conv_in.weight"] = state["encoder.conv_in.weight"][:4]
   with pytest.raises(ValueError, match="encoder.conv_in.weight"):
     vq_convert.import_state_dict(state, params)

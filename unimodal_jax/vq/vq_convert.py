@@ -17,6 +17,8 @@ WEIGHTS_FILE = "vqgan.safetensors"
 CONFIG_FILE = "config.json"
 # prefixes under which a full transformers Chameleon checkpoint keeps the tokenizer
 _PREFIXES = ("model.vqmodel.", "vqmodel.")
+# taming/Chameleon training checkpoints (`vqgan.ckpt`) also hold the loss modules (PatchGAN, LPIPS): not ours
+IGNORED_PREFIXES = ("loss.",)
 # transformers ships the tokenizer encode-only: its checkpoints lack these
 ENCODE_ONLY_MISSING = ("decoder.",)
 
@@ -58,11 +60,12 @@ def export_state_dict(params) -> dict[str, np.ndarray]:
 def import_state_dict(state: dict, template, *, allow_missing: tuple[str, ...] = ()):
   """{torch key: array} -> params shaped like `template` (a params tree or its shapes).
 
-  Keys under a full Chameleon checkpoint's `model.vqmodel.` prefix are taken; keys starting with a prefix in
+  Keys under a full Chameleon checkpoint's `model.vqmodel.` prefix are taken, training-loss modules (`loss.*`)
+  ignored; keys starting with a prefix in
   `allow_missing` keep the template's value (e.g. the decoder, absent from transformers' checkpoints).
   Unknown keys, missing keys and shape mismatches raise, naming the tensor.
   """
-  state = _strip_prefix(state)
+  state = {k: v for k, v in _strip_prefix(state).items() if not k.startswith(IGNORED_PREFIXES)}
   flat = traverse_util.flatten_dict(template)
   by_key = {torch_key(p): p for p in flat}
   unknown = sorted(set(state) - set(by_key))
@@ -97,10 +100,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
       raise FileNotFoundError(f"no *.safetensors files in {path}")
-    state = {}
-    for f in files:
-      state.update(_load_safetensors(f))
-    return state
+    return _load_safetensors(*files)
   if path.endswith(".safetensors"):
     return _load_safetensors(path)
   import torch  # only a torch checkpoint needs torch
@@ -109,9 +109,20 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
   return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors.numpy import load_file
-  return load_file(path)
+def _load_safetensors(*paths: str) -> dict[str, np.ndarray]:
+  """The files' tensors; from a full Chameleon checkpoint only the tokenizer's (never the LM in memory)."""
+  from safetensors import safe_open
+  keys = {}
+  for path in paths:
+    with safe_open(path, framework="np") as f:
+      keys[path] = list(f.keys())
+  if any(k.startswith(_PREFIXES) for ks in keys.values() for k in ks):
+    keys = {p: [k for k in ks if k.startswith(_PREFIXES)] for p, ks in keys.items()}
+  state = {}
+  for path, names in keys.items():
+    with safe_open(path, framework="np") as f:
+      state.update({k: f.get_tensor(k) for k in names})
+  return state
 
 
 def config_from_hf(hf: dict, **overrides):
