@@ -62,7 +62,7 @@ def test_encoder_and_codes_match_transformers(attn_resolutions, tmp_path):
   assert len(np.unique(np.asarray(codes))) > 8
 
 
-def test_transformers_checkpoint_has_exactly_our_encoder_keys():
+def test_transformers_checkpoint_has_exactly_our_encoder_keys(tmp_path):
   _, model = _chameleon_vqvae([16])
   config = vq_convert.config_from_hf(model.config.to_dict())
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
@@ -71,6 +71,13 @@ def test_transformers_checkpoint_has_exactly_our_encoder_keys():
   assert theirs <= ours
   assert {k.split(".")[0] for k in ours - theirs} == {"decoder"}
   assert "decoder.up.0.block.2.conv1.weight" in ours and "decoder.up.1.upsample.conv.weight" in ours
+  model.save_pretrained(str(tmp_path))  # the directory transformers writes
+  template = _random_params(config, 0)
+  params = vq_convert.import_chameleon(str(tmp_path), template)
+  exported = vq_convert.export_state_dict(params)
+  for key, value in model.state_dict().items():
+    np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
+  np.testing.assert_array_equal(params["decoder"]["conv_in"]["kernel"], template["decoder"]["conv_in"]["kernel"])
 
 
 def test_full_tokenizer_export_import_is_bit_exact(tmp_path):
