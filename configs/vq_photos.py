@@ -1,8 +1,9 @@
 """VQ photos: the small tokenizer trained on the scikit-image photographs (64px -> 8x8 codes from 256 x 16), the
-dims the demo's vq section uses (image_size 64, patch_size 8, num_codes 256). About 12 minutes on 2 CPU cores.
+dims the demo's vq section uses (image_size 64, patch_size 8, num_codes 256).
 
   unimodal-train-vq --config configs/vq_photos.py --workdir runs/vq_photos
-Result (docs/benchmarks.md, "VQGAN tokenizer"): eval PSNR and codebook usage on the photos' centre squares.
+About 12.5 minutes of CPU time (2 cores). Result (docs/benchmarks.md, "VQGAN image tokenizer"): eval PSNR 21.3 dB,
+94% of the codebook used on the photos' centre squares.
 """
 from unimodal_jax.config import default_config
 from unimodal_jax.vq import vqgan, vq_train
