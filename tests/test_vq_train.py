@@ -46,8 +46,12 @@ def test_dead_code_restart_replaces_only_unused_codes_with_encoder_outputs(run):
   counts = np.zeros(config.vqgan.num_embeddings, np.int32)
   counts[::2] = 5  # odd codes are dead
   pixels = photos.PhotoCrops(config.vqgan.resolution, seed=1).batch(0, 4)
-  state, restarted = vq_train.make_restart(config)({"params": params, "restart_counts": counts}, pixels,
-                                                   jax.random.key(0))
+  moments = {"mu": jax.tree.map(np.ones_like, params), "count": np.int32(3)}  # optimizer state mirroring params
+  state, restarted = vq_train.make_restart(config)(
+      {"params": params, "restart_counts": counts, "opt_state": moments}, pixels, jax.random.key(0))
+  mu = np.asarray(state["opt_state"]["mu"]["codebook"])
+  assert not mu[1::2].any() and np.all(mu[::2] == 1)  # dead codes' moments zeroed, the others' kept
+  assert np.all(np.asarray(state["opt_state"]["mu"]["quant_conv"]["bias"]) == 1)
   assert int(restarted) == config.vqgan.num_embeddings // 2
   new, old = np.asarray(state["params"]["codebook"]), np.asarray(params["codebook"])
   np.testing.assert_array_equal(new[::2], old[::2])

@@ -174,7 +174,7 @@ def make_train_step(config, lpips_weights=None):
 
 def make_restart(config):
   """restart(state, pixels, key) -> (state, number restarted): codes unused since the last restart take the
-  encoder outputs of random positions of the batch; the window's counts reset."""
+  encoder outputs of random positions of the batch, with their Adam moments zeroed; the window's counts reset."""
   m = config.vqgan
   model = vqgan.VQGAN(m)
 
@@ -185,10 +185,20 @@ def make_restart(config):
     picks = flat[jax.random.randint(key, (m.num_embeddings,), 0, flat.shape[0])]
     dead = state["restart_counts"] == 0
     codebook = jnp.where(dead[:, None], picks, state["params"]["codebook"])
-    params = {**state["params"], "codebook": codebook}
-    return {**state, "params": params, "restart_counts": jnp.zeros_like(state["restart_counts"])}, jnp.sum(dead)
+    state = {**state, "params": {**state["params"], "codebook": codebook},
+             "restart_counts": jnp.zeros_like(state["restart_counts"])}
+    if "opt_state" in state:
+      state["opt_state"] = jax.tree_util.tree_map_with_path(
+          lambda path, x: jnp.where(dead[:, None], 0, x) if _is_codebook(path, x, codebook) else x,
+          state["opt_state"])
+    return state, jnp.sum(dead)
 
   return restart
+
+
+def _is_codebook(path, leaf, codebook) -> bool:
+  """An optimizer-state leaf that mirrors the codebook (Adam's mu/nu for it)."""
+  return getattr(path[-1], "key", None) == "codebook" and getattr(leaf, "shape", None) == codebook.shape
 
 
 def make_reconstruct(config):
