@@ -36,7 +36,7 @@ setup(
         "unimodal-convert=unimodal_jax.convert.main:run",
         "unimodal-plan=unimodal_jax.parallel.plan_main:run",
         "unimodal-train-vq=unimodal_jax.vq.train:run",
-        "unimodal-tokenize=unimodal_jax.vq.tokenize:run",
+        "unimodal-tokenize=unimodal_jax.vq.tokenize_main:run",
         "unimodal-make-shards=unimodal_jax.data.make_shards:run",
     ]},
 )
