@@ -166,42 +166,44 @@ def train(config, workdir: str) -> dict:
   profile_stop = t.profile_start_step + t.profile_num_steps if t.profile_start_step >= 0 else -1
   last, pending, extra, previous, t0 = {}, [], {}, None, time.perf_counter()
   start = int(jax.device_get(state.step))
-  with mesh_lib.mesh_context(mesh, rules):
-    for step in range(start, t.num_steps):
-      if step == t.profile_start_step:
-        jax.profiler.start_trace(os.path.join(workdir, "profile"))
-      state, metrics = train_step(state, mesh_lib.global_batch(next(data_iter), mesh))
-      if previous is not None:  # the step before this one has finished while this one was queued
-        check_finite(int(jax.device_get(previous["nonfinite_streak"])), step, config)
-      pending.append(metrics)
-      previous, done = metrics, step + 1
-      if done == profile_stop:
-        jax.block_until_ready(state)
-        jax.profiler.stop_trace()
-      if done % t.log_every == 0 or done == t.num_steps:
-        last = interval_metrics(pending)  # blocks until the interval's steps are done
-        elapsed = time.perf_counter() - t0
-        last.update(throughput(last["num_tokens"] / elapsed, config), step_time=elapsed / len(pending), **extra)
-        last["data/bad_records"] = bad_records(data_iter)
-        if eval_paths and (done % config.eval.every == 0 or done == t.num_steps):
-          last.update(evaluate.evaluate(eval_step, state.params, eval_batches, mesh))
-        writer.write(done, last)
-        print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
-        pending, extra, t0 = [], {}, time.perf_counter()
-      if preemption.reached(done):
-        checkpoint.save(manager, done, state, data_iter, config, force=True)
-        print(f"Preempted: saved step {done}, exiting.", flush=True)
-        break
-      blocked = checkpoint.save(manager, done, state, data_iter, config)
-      if blocked is not None:
-        extra["checkpoint_save_blocking_s"] = blocked
-    else:
-      check_finite(int(jax.device_get(previous["nonfinite_streak"])) if previous else 0, t.num_steps, config)
-      if manager.latest_step() != t.num_steps:
-        checkpoint.save(manager, t.num_steps, state, data_iter, config, force=True)
-  preemption.close()
-  manager.wait_until_finished()
-  writer.close()
+  try:
+    with mesh_lib.mesh_context(mesh, rules):
+      for step in range(start, t.num_steps):
+        if step == t.profile_start_step:
+          jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        state, metrics = train_step(state, mesh_lib.global_batch(next(data_iter), mesh))
+        if previous is not None:  # the step before this one has finished while this one was queued
+          check_finite(int(jax.device_get(previous["nonfinite_streak"])), step, config)
+        pending.append(metrics)
+        previous, done = metrics, step + 1
+        if done == profile_stop:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+        if done % t.log_every == 0 or done == t.num_steps:
+          last = interval_metrics(pending)  # blocks until the interval's steps are done
+          elapsed = time.perf_counter() - t0
+          last.update(throughput(last["num_tokens"] / elapsed, config), step_time=elapsed / len(pending), **extra)
+          last["data/bad_records"] = bad_records(data_iter)
+          if eval_paths and (done % config.eval.every == 0 or done == t.num_steps):
+            last.update(evaluate.evaluate(eval_step, state.params, eval_batches, mesh))
+          writer.write(done, last)
+          print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
+          pending, extra, t0 = [], {}, time.perf_counter()
+        if preemption.reached(done):
+          checkpoint.save(manager, done, state, data_iter, config, force=True)
+          print(f"Preempted: saved step {done}, exiting.", flush=True)
+          break
+        blocked = checkpoint.save(manager, done, state, data_iter, config)
+        if blocked is not None:
+          extra["checkpoint_save_blocking_s"] = blocked
+      else:
+        check_finite(int(jax.device_get(previous["nonfinite_streak"])) if previous else 0, t.num_steps, config)
+        if manager.latest_step() != t.num_steps:
+          checkpoint.save(manager, t.num_steps, state, data_iter, config, force=True)
+  finally:  # a halt (NonFiniteError) or a failing step still lets the checkpoint being written finish
+    preemption.close()
+    manager.wait_until_finished()
+    writer.close()
   if jax.process_index() == 0 and os.path.exists(writer.jsonl_path):
     metrics_lib.plot_losses(writer.jsonl_path, os.path.join(workdir, metrics_lib.LOSS_PLOT))
   return last
