@@ -3,6 +3,7 @@
 Flax linen; every parameter carries logical axis names (never mesh axes). Attention is causal
 within a packed document and blind across documents (segment ids). Training logic lives elsewhere.
 """
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -65,6 +66,72 @@ def apply_rope(x, positions, theta):
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+def embed_lookup(table, tokens, dtype):
+  """table [vocab, embed] (sharded as its logical axes say) at tokens [b, s] -> [b, s, embed] rows-sharded.
+
+  Under a mesh the lookup is explicit (shard_map), as MaxText's partitioner ends up doing: each device
+  gathers the token ids of its FSDP group (tiny), looks them up in its own [vocab/tensor, embed/fsdp] block,
+  sums the vocab blocks over 'tensor' and trades embed slices for rows with one all-to-all over 'fsdp'. The
+  float32 table is never all-gathered, and its gradient stays in its shard (no table-sized all-reduce).
+  Left to SPMD, a sharded table's gather fully rematerialises on data x fsdp x tensor meshes.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return jnp.take(table, tokens, axis=0).astype(dtype)
+
+  def mesh_axes(logical):  # the mesh axes of size > 1 a logical axis maps to under the current rules
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    return tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ()) if mesh.shape[a] > 1)
+
+  vocab_axes, embed_axes, batch_axes = mesh_axes("vocab"), mesh_axes("embed"), mesh_axes("activation_batch")
+  if tokens.shape[0] % math.prod(mesh.shape[a] for a in batch_axes) or not set(embed_axes) <= set(batch_axes):
+    # e.g. the one-row batch of parameter initialisation: gather from a table whose embed dim is whole
+    table = nn.with_logical_constraint(table, ("activation_vocab", "activation_embed"))
+    return jnp.take(table, tokens, axis=0).astype(dtype)
+
+  def local(table, tokens):  # table [vocab/tensor, embed/fsdp]; tokens [rows/(data*fsdp), s]
+    if embed_axes:
+      tokens = jax.lax.all_gather(tokens, embed_axes, axis=0, tiled=True)
+    rows = table.shape[0]
+    ids = tokens - (jax.lax.axis_index(vocab_axes) * rows if vocab_axes else 0)
+    found = (ids >= 0) & (ids < rows)
+    x = jnp.where(found[..., None], jnp.take(table.astype(dtype), jnp.clip(ids, 0, rows - 1), axis=0), 0)
+    if vocab_axes:
+      x = jax.lax.psum(x, vocab_axes)
+    return jax.lax.all_to_all(x, embed_axes, 0, 2, tiled=True) if embed_axes else x
+
+  table_spec = jax.sharding.PartitionSpec(vocab_axes or None, embed_axes or None)
+  rows_spec = jax.sharding.PartitionSpec(batch_axes or None)
+  return jax.shard_map(local, mesh=mesh, in_specs=(table_spec, rows_spec), out_specs=rows_spec,
+                       axis_names=set(mesh.axis_names))(table, tokens)
+
+
+@jax.custom_vjp
+def output_logits(x, head):
+  """x [b, s, e] @ head [e, v] -> float32 logits (float32 accumulation, no rounding to the compute dtype).
+
+  The backward pass casts the float32 logits gradient to the compute dtype first: without it both gradient
+  matmuls (the largest in the step at Chameleon's 65k vocabulary) would run in float32 on a gathered,
+  upcast copy of the head.
+  """
+  return jnp.einsum("bse,ev->bsv", x, head, preferred_element_type=jnp.float32)
+
+
+def _output_logits_fwd(x, head):
+  return output_logits(x, head), (x, head)
+
+
+def _output_logits_bwd(residuals, g):
+  x, head = residuals
+  g = g.astype(x.dtype)
+  dx = jnp.einsum("bsv,ev->bse", g, head)
+  dhead = jnp.einsum("bse,bsv->ev", x, g, preferred_element_type=jnp.float32).astype(head.dtype)
+  return dx, dhead
+
+
+output_logits.defvjp(_output_logits_fwd, _output_logits_bwd)
+
+
 class RMSNorm(nn.Module):
   eps: float
   dtype: Dtype
@@ -72,7 +139,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, routing=None):
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("embed",), self.copies)
+    # "norm", not "embed": a few KB per layer, replicated rather than FSDP-gathered at every use (as MaxText)
+    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",), self.copies)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (y * per_token(scale, routing, self.copies > 1)).astype(self.dtype)
@@ -191,9 +259,7 @@ class Transformer(nn.Module):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     embedding = _param(self, "embedding", nn.initializers.normal(0.02), (c.vocab_size, c.embed_dim), ("vocab", "embed"))
-    # Gather from a table whose embed dim is whole (not FSDP-sharded), so rows land batch-sharded.
-    table = nn.with_logical_constraint(embedding, ("activation_vocab", "activation_embed"))
-    x = jnp.take(table, batch.tokens, axis=0).astype(dtype)
+    x = embed_lookup(embedding, batch.tokens, dtype)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
 
     block = Block
@@ -210,5 +276,5 @@ class Transformer(nn.Module):
       head = embedding.T
     else:
       head = _param(self, "lm_head", _dense_init(c.embed_dim), (c.embed_dim, c.vocab_size), ("embed", "vocab"))
-    logits = jnp.einsum("bse,ev->bsv", x, head.astype(dtype), preferred_element_type=jnp.float32)
+    logits = output_logits(x, head.astype(dtype))
     return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
