@@ -7,6 +7,7 @@ setup(
     description="JAX/Flax framework for pretraining early-fusion multimodal token models at TPU-pod scale",
     python_requires=">=3.11",
     packages=find_packages(include=["unimodal_jax", "unimodal_jax.*"]),
+    package_data={"unimodal_jax.vq": ["assets/photos_tokenizer/*"]},  # the demo's VQGAN (vq/codes.py)
     install_requires=[
         "jax>=0.10.2,<0.13",
         "flax>=0.12.8,<0.13",
@@ -23,6 +24,7 @@ setup(
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.9,<4",
         "tqdm>=4.66,<5",
+        "safetensors>=0.5,<1",  # VQGAN tokenizer weights (the demo's image tokenizer)
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7"],

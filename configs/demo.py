@@ -1,10 +1,14 @@
 """Demo: a small early-fusion model on the embedded dataset (pydoc prose + scikit-image photos), CPU.
 
+Images are coded by the VQGAN that ships in the package (unimodal_jax/vq/assets/photos_tokenizer, trained by
+configs/vq_photos.py); `--config.vq.kind=kmeans` codes them with a k-means patch codebook fitted on the photos.
+
   unimodal-train --config configs/demo.py --workdir runs/demo
 
 Expected on 2 CPU cores: ~4 minutes for 300 steps; loss falls from ~7.2 to below ~3.
 """
 from unimodal_jax.config import default_config
+from unimodal_jax.vq import codes
 
 
 def get_config():
@@ -13,6 +17,8 @@ def get_config():
   c.vq.image_size = 64
   c.vq.patch_size = 8  # 8x8 = 64 codes per image
   c.vq.num_codes = 256
+  c.vq.kind = "vqgan"
+  c.vq.tokenizer_path = codes.PHOTOS_TOKENIZER  # 64px -> 8x8 codes of 256, as above
   c.data.seq_len = 256
   c.model.vocab_size = 1408
   c.model.num_layers = 4

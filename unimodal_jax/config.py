@@ -11,6 +11,7 @@ from unimodal_jax.data.vocab import from_config
 from unimodal_jax.data.vocab import MODALITIES
 from unimodal_jax.model import experts
 from unimodal_jax.model.attention import IMPLEMENTATIONS
+from unimodal_jax.vq import codes
 
 DEFAULT_LOGICAL_AXIS_RULES = (
     # parameters
@@ -44,7 +45,7 @@ DATA_SOURCES = (
 )
 BAD_RECORD_MODES = ("raise", "skip")
 MOT_GROUPS = experts.GROUPS
-VQ_KINDS = ("kmeans", "vqgan")  # "vqgan" runs read codes that were tokenized offline
+VQ_KINDS = ("kmeans", "vqgan")  # vq/codes.py; the embedded dataset fits its own k-means or uses vq.tokenizer_path
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -233,8 +234,13 @@ def validate(config, num_devices: int, process_count: int = 1):
   for key in ("caption_first_ratio", "cfg_dropout"):
     _check(0.0 <= d[key] <= 1.0, f"data.{key}", f"must be in [0, 1], got {d[key]}")
   _check(d.max_document_tokens >= 3, "data.max_document_tokens", f"must be >= 3, got {d.max_document_tokens}")
-  _check(config.data.source != "embedded" or config.vq.kind == "kmeans", "vq.kind",
-         f"data.source='embedded' tokenizes its images with the k-means codebook, got {config.vq.kind!r}")
+  if d.source == "embedded" and config.vq.kind == "vqgan":  # the build tokenizes the photos with this VQGAN
+    _check(bool(config.vq.tokenizer_path), "vq.tokenizer_path",
+           "data.source='embedded' with vq.kind='vqgan' needs the saved VQGAN's directory")
+    try:
+      codes.check_vqgan_dims(config)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e
   _check(m.attention in IMPLEMENTATIONS, "model.attention", f"{m.attention!r} is not one of {IMPLEMENTATIONS}")
   _check(m.num_experts in (1, len(MODALITIES)), "model.num_experts",
          f"{m.num_experts}: 1 (dense) or {len(MODALITIES)} (one expert per modality {MODALITIES})")

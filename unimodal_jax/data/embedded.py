@@ -1,8 +1,8 @@
 """The embedded default dataset: real text and images that ship inside installed packages, nothing downloaded.
 
 Text is the standard library's `pydoc_data.topics`; images are scikit-image's bundled samples with
-hand-written captions. `prepare` fits both tokenizers on them and writes tokenized documents as ArrayRecord
-shards (format: `data/documents.py`) plus the tokenizers, once per config.
+hand-written captions. `prepare` fits the text tokenizer (and, for vq.kind='kmeans', a k-means codebook) on them,
+or codes the photos with the VQGAN at vq.tokenizer_path, and writes ArrayRecord shards (`data/documents.py`).
 """
 import hashlib
 import json
@@ -20,6 +20,7 @@ import skimage.util
 from unimodal_jax.data import documents
 from unimodal_jax.data import tokenizer as tokenizer_lib
 from unimodal_jax.data import vocab as vocab_lib
+from unimodal_jax.vq import codes as codes_lib
 from unimodal_jax.vq import kmeans
 
 BUILD_VERSION = 2  # bump when the documents built from the same config change
@@ -126,11 +127,20 @@ def build_documents(text_tok: tokenizer_lib.TextTokenizer, codes: np.ndarray, ca
   return [docs[i] for i in rng.permutation(len(docs))]
 
 
+def image_tokenizer_entry(config) -> dict:
+  """Which image tokenizer codes the photos: a k-means codebook fitted here, or a saved VQGAN by content hash."""
+  if config.vq.kind == "kmeans":
+    return {"kind": "kmeans"}
+  path = os.path.abspath(config.vq.tokenizer_path)
+  return {"kind": config.vq.kind, "path": path, "sha256": codes_lib.fingerprint(path)}
+
+
 def _build_key(config) -> str:
   """Hash of every config value the shards depend on (not data.seq_len: splitting happens at load time)."""
+  tokenizer = {k: v for k, v in image_tokenizer_entry(config).items() if k != "path"}  # moved copies still match
   keys = {"build_version": BUILD_VERSION, "seed": config.seed, "vocab.text_size": config.vocab.text_size,
           "vq.kind": config.vq.kind, "vq.image_size": config.vq.image_size, "vq.patch_size": config.vq.patch_size,
-          "vq.num_codes": config.vq.num_codes}
+          "vq.num_codes": config.vq.num_codes, "vq.tokenizer": tokenizer}
   return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
 
 
@@ -138,32 +148,46 @@ def shard_names() -> list[str]:
   return [f"train-{i:05d}-of-{NUM_SHARDS:05d}.array_record" for i in range(NUM_SHARDS)]
 
 
-def _ready(data_dir: str, key: str) -> bool:
+def _file_names(kind: str) -> list[str]:
+  """The files a build writes: a VQGAN build keeps no codebook (the manifest names the tokenizer)."""
+  return [TOKENIZER_FILE, *([CODEBOOK_FILE] if kind == "kmeans" else []), *shard_names()]
+
+
+def _read_manifest(data_dir: str) -> dict | None:
   try:
     with open(os.path.join(data_dir, MANIFEST)) as f:
-      manifest = json.load(f)
+      return json.load(f)
   except (FileNotFoundError, json.JSONDecodeError):
-    return False
-  names = [TOKENIZER_FILE, CODEBOOK_FILE, *shard_names()]
-  return manifest.get("key") == key and all(os.path.exists(os.path.join(data_dir, n)) for n in names)
+    return None
+
+
+def _ready(data_dir: str, key: str, kind: str) -> bool:
+  manifest = _read_manifest(data_dir)
+  return (manifest is not None and manifest.get("key") == key
+          and all(os.path.exists(os.path.join(data_dir, n)) for n in _file_names(kind)))
+
+
+def encode_images(config, images: np.ndarray, out_dir: str) -> np.ndarray:
+  """int32 codes [N, grid, grid] of the photos: a k-means codebook fitted on them (saved to out_dir) or the VQGAN."""
+  if config.vq.kind == "kmeans":
+    image_tok = kmeans.KMeansTokenizer.fit(images, config.vq.num_codes, config.vq.patch_size, config.seed)
+    image_tok.save(os.path.join(out_dir, CODEBOOK_FILE))
+    return image_tok.encode(images).astype(np.int32)
+  return codes_lib.image_tokenizer(config)(images)
 
 
 def _build(config, out_dir: str) -> dict:
-  """Writes tokenizer, codebook and shards into out_dir; returns the manifest's summary of them."""
-  if config.vq.kind != "kmeans":
-    raise ValueError(f"vq.kind={config.vq.kind!r}: the embedded dataset builds only a 'kmeans' codebook")
+  """Writes tokenizer, codebook (k-means) and shards into out_dir; returns the manifest's summary of them."""
   vocab = vocab_lib.from_config(config)
   text_tok = tokenizer_lib.TextTokenizer.train(texts(), config.vocab.text_size)
   text_tok.check_fits(vocab)
   images, captions = load_images(config.vq.image_size)
-  image_tok = kmeans.KMeansTokenizer.fit(images, config.vq.num_codes, config.vq.patch_size, config.seed)
-  docs = build_documents(text_tok, image_tok.encode(images).astype(np.int32), captions, config.seed)
+  docs = build_documents(text_tok, encode_images(config, images, out_dir), captions, config.seed)
   text_tok.save(os.path.join(out_dir, TOKENIZER_FILE))
-  image_tok.save(os.path.join(out_dir, CODEBOOK_FILE))
   documents.write_shards(docs, [os.path.join(out_dir, n) for n in shard_names()])
   return {"documents": {k: sum(d.kind == k for d in docs) for k in KINDS},
           "tokens": int(sum(len(documents.render(d.segments, vocab)) for d in docs)),
-          "text_tokenizer_size": text_tok.size}
+          "text_tokenizer_size": text_tok.size, "image_tokenizer": image_tokenizer_entry(config)}
 
 
 def prepare(config, data_dir: str) -> list[str]:
@@ -175,15 +199,16 @@ def prepare(config, data_dir: str) -> list[str]:
   os.makedirs(data_dir, exist_ok=True)
   key = _build_key(config)
   paths = [os.path.join(data_dir, n) for n in shard_names()]
-  if _ready(data_dir, key):
+  if _ready(data_dir, key, config.vq.kind):
     return paths
+  for name in (MANIFEST, CODEBOOK_FILE):  # a stale codebook would outlive a VQGAN rebuild
+    if os.path.exists(os.path.join(data_dir, name)):
+      os.remove(os.path.join(data_dir, name))
   manifest_path = os.path.join(data_dir, MANIFEST)
-  if os.path.exists(manifest_path):
-    os.remove(manifest_path)
   tmp = tempfile.mkdtemp(prefix=".build-", dir=data_dir)
   try:
     summary = _build(config, tmp)
-    for name in [TOKENIZER_FILE, CODEBOOK_FILE, *shard_names()]:
+    for name in _file_names(config.vq.kind):
       os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
     with open(os.path.join(tmp, MANIFEST), "w") as f:
       json.dump({"key": key, "shards": shard_names(), **summary}, f, indent=2)
@@ -194,6 +219,13 @@ def prepare(config, data_dir: str) -> list[str]:
 
 
 def load_tokenizers(data_dir: str, vocab: vocab_lib.Vocab | None = None):
-  """(TextTokenizer, KMeansTokenizer) saved by `prepare`; with `vocab`, checks the text ids fit it."""
+  """(TextTokenizer, image tokenizer) of a `prepare`d folder: the KMeansTokenizer it fitted, or a VQGANTokenizer
+  for the VQGAN its manifest names (both have grid_size, encode, decode); with `vocab`, checks the text ids fit it."""
   text_tok = tokenizer_lib.TextTokenizer.load(os.path.join(data_dir, TOKENIZER_FILE), vocab)
-  return text_tok, kmeans.KMeansTokenizer.load(os.path.join(data_dir, CODEBOOK_FILE))
+  entry = (_read_manifest(data_dir) or {}).get("image_tokenizer", {"kind": "kmeans"})
+  if entry["kind"] == "kmeans":
+    return text_tok, kmeans.KMeansTokenizer.load(os.path.join(data_dir, CODEBOOK_FILE))
+  if codes_lib.fingerprint(entry["path"]) != entry["sha256"]:
+    raise ValueError(f"{os.path.join(data_dir, MANIFEST)}: the VQGAN at {entry['path']} changed since the build "
+                     f"(sha256 {entry['sha256']}); rerun `prepare` with its config")
+  return text_tok, codes_lib.VQGANTokenizer(entry["path"])
