@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 
 import ml_collections
 import numpy as np
@@ -187,16 +188,22 @@ def _shards(plan, max_bytes):
 
 
 def to_hf(params, model_config, vocab, out_dir, *, text_token_names=None, layout=None, vq_config=None,
-          max_shard_bytes=2**31, progress=False) -> dict:
+          vq_tokenizer_dir=None, max_shard_bytes=2**31, progress=False) -> dict:
   """Write `params` (our dense tree; any nested Mapping, read leaf by leaf) as a directory that
   `ChameleonForConditionalGeneration.from_pretrained(out_dir)` loads. Returns the config.json written.
 
   Token layout: `layout` (e.g. that of an imported checkpoint, to export back into its ids), else our ids as
-  transformers' ids, text ids named by `text_token_names` (our BPE's tokens). `vq_config` defaults to
-  ChameleonVQVAEConfig's defaults with our codebook size; no VQ weights are written.
+  transformers' ids, text ids named by `text_token_names` (our BPE's tokens). With `vq_tokenizer_dir` (our VQGAN
+  tokenizer directory) its encoder, quantizer and quant convs become `model.vqmodel.*` tensors, `vq_config` is
+  derived from it, and its decoder is written beside (hf_vq.py). Without it `vq_config` defaults to
+  ChameleonVQVAEConfig's defaults with our codebook size and no VQ weights are written.
   """
+  from unimodal_jax.convert import hf_vq  # it builds on this module
   m = model_config
   check_exportable(m)
+  if vq_tokenizer_dir and vq_config:
+    raise ConversionError("give vq_config or vq_tokenizer_dir, not both: the tokenizer's config is its vq_config")
+  tokenizer = hf_vq.read_tokenizer(vq_tokenizer_dir, vocab) if vq_tokenizer_dir else None
   layout = layout or vocab_map.synthetic_layout(vocab, m.vocab_size, text_token_names)
   hf_id_of, layout_vocab = vocab_map.permutation(layout)
   if layout.vocab_size != m.vocab_size or layout_vocab != vocab:
@@ -218,6 +225,10 @@ def to_hf(params, model_config, vocab, out_dir, *, text_token_names=None, layout
       save_file(tensors, os.path.join(out_dir, filename), metadata={"format": "pt"})
       weight_map.update(dict.fromkeys(tensors, filename))
   total = sum(4 * math.prod(t.shape) for t in plan)
+  if tokenizer:
+    vq_config, vq_weight_map, vq_bytes = hf_vq.write_tokenizer(*tokenizer, out_dir)
+    weight_map.update(vq_weight_map)
+    total += vq_bytes
   _write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
   config = hf_config(m, layout, vq_config or {"num_embeddings": vocab.num_image_codes})
   _write_json(os.path.join(out_dir, "config.json"), config)
@@ -307,11 +318,13 @@ def _insert(params, path, value):
   node[last] = value
 
 
-def from_hf(hf_dir, *, progress=False):
+def from_hf(hf_dir, *, vq_out=None, progress=False):
   """Read a transformers Chameleon directory into (our params, `model` config overrides, Vocab).
 
   Params are nested dicts of float32 numpy arrays; rows follow our Vocab (text, <boi>, <eoi>, codes, padding).
-  The VQ encoder's tensors are not read.
+  With `vq_out`, the VQ tokenizer (`model.vqmodel.*`, and our decoder file when present) is written there as our
+  tokenizer directory (hf_vq.import_tokenizer); a directory without the decoder file gives an encoder-only
+  tokenizer (decoder weights zero) and a warning. Without `vq_out` the VQ tensors are not read.
   """
   config = read_config(hf_dir)
   overrides = model_overrides(config)
@@ -336,4 +349,9 @@ def from_hf(hf_dir, *, progress=False):
       if t.layer == 0:
         _insert(params, t.ours, np.empty((m.num_layers, *t.our_shape), np.float32))
       _node(params, t.ours)[t.layer] = _from_hf(w, t, hf_id_of)
+  if vq_out:
+    from unimodal_jax.convert import hf_vq  # it builds on this module
+    if not hf_vq.import_tokenizer(hf_dir, vq_out, vocab):
+      warnings.warn(f"{hf_dir} has no {hf_vq.DECODER_FILE}: the tokenizer in {vq_out} encodes images, but its "
+                    "decoder weights are zeros (transformers' checkpoints hold no decoder)")
   return params, overrides, vocab
