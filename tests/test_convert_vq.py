@@ -170,3 +170,29 @@ def test_tokenizer_transformers_cannot_build_is_refused_before_writing(tmp_path)
     hf_chameleon.to_hf(random_lm_params(c.model), c.model, from_config(c), str(tmp_path / "hf"),
                        vq_tokenizer_dir=str(tmp_path / "tok"))
   assert not os.path.exists(tmp_path / "hf")
+
+
+def test_cli_carries_the_tokenizer_both_ways(exported, tmp_path):
+  """to-hf --vq_tokenizer on a run's checkpoint, then from-hf --vq_out: the tokenizer comes back bit-exact."""
+  import subprocess
+  import sys
+  import orbax.checkpoint as ocp
+  c, vq, params, _, hf_dir = exported
+  with ocp.StandardCheckpointer() as saver:
+    saver.save(str(tmp_path / "run" / "3" / "state"), {"step": 3, "params": random_lm_params(c.model)})
+  vq_convert.save_tokenizer(params, vq, str(tmp_path / "tokenizer"))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  cli = [sys.executable, "-m", "unimodal_jax.convert.main"]
+  commands = [
+      ["to-hf", f"--config={REPO}/configs/tiny.py", f"--checkpoint={tmp_path}/run/3", f"--out_dir={tmp_path}/hf",
+       f"--vq_tokenizer={tmp_path}/tokenizer"],
+      ["from-hf", f"--hf_dir={tmp_path}/hf", f"--out_dir={tmp_path}/init", f"--vq_out={tmp_path}/tok"]]
+  outputs = []
+  for command in commands:
+    out = subprocess.run(cli + command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    outputs.append(out.stdout)
+  assert hf_vq.VQ_SHARD in outputs[0] and "encoder, quantizer and decoder" in outputs[1]
+  loaded, _ = vq_convert.load_tokenizer(str(tmp_path / "tok"))
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()

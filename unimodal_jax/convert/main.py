@@ -1,8 +1,10 @@
 """`unimodal-convert`: a run's checkpoint -> a transformers Chameleon directory (to-hf), and back (from-hf); a
 (Mixture-of-Transformers) run's checkpoint -> a PyTorch directory in BAGEL's naming (to-torch), and back (from-torch).
 
-  unimodal-convert to-hf --config configs/tiny.py --checkpoint runs/tiny/checkpoints/20 --out_dir hf/tiny
-  unimodal-convert from-hf --hf_dir hf/tiny --out_dir runs/imported/init --config configs/tiny.py
+  unimodal-convert to-hf --config configs/tiny.py --checkpoint runs/tiny/checkpoints/20 --out_dir hf/tiny \
+      --vq_tokenizer runs/vq/tokenizer
+  unimodal-convert from-hf --hf_dir hf/tiny --out_dir runs/imported/init --config configs/tiny.py \
+      --vq_out runs/imported/tokenizer
   unimodal-convert to-torch --config configs/mot_tiny.py --checkpoint runs/mot/checkpoints/20 --out_dir pt/mot
   unimodal-convert from-torch --torch_dir pt/mot --out_dir runs/mot_imported/init --config configs/mot_tiny.py
 
@@ -18,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from unimodal_jax import config as config_lib
-from unimodal_jax.convert import checkpoint, hf_chameleon, mot, parity, vocab_map
+from unimodal_jax.convert import checkpoint, hf_chameleon, hf_vq, mot, parity, vocab_map
 from unimodal_jax.data import vocab as vocab_lib
 
 COMMANDS = ("to-hf", "from-hf", "to-torch", "from-torch")
@@ -36,6 +38,11 @@ _TEXT_TOKENIZER = flags.DEFINE_string("text_tokenizer", None, "to-hf: our BPE to
                                       "text ids in the vocabulary_map (default: placeholder names).")
 _LAYOUT_FROM = flags.DEFINE_string("layout_from", None, "to-hf: a transformers Chameleon directory whose token ids to "
                                    "export into, e.g. the one the run was imported from (default: our ids).")
+_VQ_TOKENIZER = flags.DEFINE_string("vq_tokenizer", None, "to-hf: our VQGAN tokenizer directory (unimodal-train-vq's "
+                                    "<workdir>/tokenizer); its encoder becomes model.vqmodel.*, its decoder is written "
+                                    "beside (default: no VQ weights).")
+_VQ_OUT = flags.DEFINE_string("vq_out", None, "from-hf: write the checkpoint's VQ tokenizer here as our tokenizer "
+                              "directory (config.vq.tokenizer_path); encoder-only when it has no vq_decoder.safetensors.")
 _MAX_SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "to-hf, to-torch: the largest safetensors shard, in GB.")
 _SELF_CHECK = flags.DEFINE_bool("self_check", False, "Compare the logits of both models on a random batch.")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "--self_check: the largest relative logit error that passes.")
@@ -63,8 +70,14 @@ def to_hf():
     layout = vocab_map.layout_from_config(hf_chameleon.read_config(_LAYOUT_FROM.value))
   vocab = vocab_lib.from_config(config)
   hf_chameleon.to_hf(params, config.model, vocab, out_dir, text_token_names=_text_token_names(_TEXT_TOKENIZER.value),
-                     layout=layout, max_shard_bytes=int(_MAX_SHARD_GB.value * 1e9), progress=True)
+                     layout=layout, vq_tokenizer_dir=_VQ_TOKENIZER.value,
+                     max_shard_bytes=int(_MAX_SHARD_GB.value * 1e9), progress=True)
   print(f"wrote {out_dir}: ChameleonForConditionalGeneration.from_pretrained({out_dir!r}) loads it")
+  if _VQ_TOKENIZER.value:
+    print(f"VQ tokenizer {_VQ_TOKENIZER.value}: encoder, quantizer and quant convs as model.vqmodel.* in "
+          f"{hf_vq.VQ_SHARD}; our decoder (transformers has none) in {hf_vq.DECODER_FILE} + {hf_vq.DECODER_CONFIG}")
+  else:
+    print("no VQ weights were written (no --vq_tokenizer): transformers initialises model.vqmodel randomly")
   return config.model, vocab, lambda: checkpoint.load_all(params), out_dir
 
 
@@ -79,8 +92,12 @@ def run_flags(config, overrides: dict, vocab) -> list[str]:
 def from_hf():
   """Like to_hf(), for the other direction."""
   hf_dir, out_dir = _required(_HF_DIR), _required(_OUT_DIR)
-  params, overrides, vocab = hf_chameleon.from_hf(hf_dir, progress=True)
+  params, overrides, vocab = hf_chameleon.from_hf(hf_dir, vq_out=_VQ_OUT.value, progress=True)
   state_dir = checkpoint.write_params(params, out_dir)
+  if _VQ_OUT.value:
+    print(f"wrote the VQ tokenizer to {_VQ_OUT.value} (--config.vq.tokenizer_path): " + (
+        "encoder, quantizer and decoder" if hf_vq.has_decoder(hf_dir) else
+        f"ENCODER ONLY, {hf_dir} has no {hf_vq.DECODER_FILE}; its decoder weights are zeros"))
   config = _CONFIG.value or config_lib.default_config()
   missing = run_flags(config, overrides, vocab)
   print(f"wrote {state_dir} ({vocab}). The model fits --config "
