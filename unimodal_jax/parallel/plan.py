@@ -79,12 +79,15 @@ def flops_per_chip(config, devices) -> float:
   where b is a layer's cost outside the loop (its optimizer update, independent of the batch) and body one
   trip of the loops (forward, recompute, backward); then F(L) = F(0) + L (b + body). The variants compile
   at 1 and 2 rows per batch shard (small enough where the full step does not fit), and every term is
-  affine in the rows, so F is extrapolated linearly to the real rows per shard.
+  affine in the rows, so F is extrapolated linearly to the real rows per shard. They compile without
+  gradient accumulation, whose microbatch loop XLA would also count once: accumulating changes only a few
+  gradient additions per parameter, not the forward/backward or the optimizer work of the whole batch.
   """
   data, fsdp, _ = config_lib.validate(config, len(devices))
 
   def flops(num_layers: int, rows: int) -> float:
-    variant = with_overrides(config, model={"num_layers": num_layers}, train={"batch_size": rows * data * fsdp})
+    variant = with_overrides(config, model={"num_layers": num_layers},
+                             train={"batch_size": rows * data * fsdp, "grad_accum_steps": 1})
     return compile_train_step(variant, devices).cost_analysis()["flops"]
 
   f = {(n, rows): flops(n, rows) for n, rows in ((0, 1), (0, 2), (2, 1), (2, 2), (3, 1))}
@@ -98,13 +101,15 @@ def flops_per_chip(config, devices) -> float:
 def kernel_flops_per_chip(config, num_devices: int) -> float:
   """FLOPs per chip of the Pallas attention kernels, which XLA's cost analysis cannot see into (0 for XLA).
 
-  Splash computes the causal half: forward, backward as 2 forwards, and one more forward recomputed in the
-  backward under any remat policy (a kernel output is not a saveable dot).
+  Splash computes the causal half of each score matrix. A forward is 2 matmuls (scores, weighted values);
+  its backward (separate dq and dkv kernels, the default) recomputes the scores in each and runs 7 (dq: scores,
+  dp, dq; dkv: scores, dv, dp, dk), i.e. 3.5 forwards; every remat policy recomputes the forward once more
+  (a kernel output is not a saveable dot).
   """
   if config.model.attention != "splash":
     return 0.0
   m = config.model
-  forwards = 3 + (m.remat_policy != "none")
+  forwards = 1 + 3.5 + (m.remat_policy != "none")
   tokens = config.train.batch_size * config.data.seq_len
   return forwards * m.num_layers * flops_lib.attention_flops(m, config.data.seq_len) * tokens / num_devices
 
