@@ -42,7 +42,7 @@ _VQ_TOKENIZER = flags.DEFINE_string("vq_tokenizer", None, "to-hf: our VQGAN toke
                                     "<workdir>/tokenizer); its encoder becomes model.vqmodel.*, its decoder is written "
                                     "beside (default: no VQ weights).")
 _VQ_OUT = flags.DEFINE_string("vq_out", None, "from-hf: write the checkpoint's VQ tokenizer here as our tokenizer "
-                              "directory (config.vq.tokenizer_path); encoder-only when it has no vq_decoder.safetensors.")
+                              "directory (config.vq.tokenizer_path); encoder-only without vq_decoder.safetensors.")
 _MAX_SHARD_GB = flags.DEFINE_float("max_shard_gb", 2.0, "to-hf, to-torch: the largest safetensors shard, in GB.")
 _SELF_CHECK = flags.DEFINE_bool("self_check", False, "Compare the logits of both models on a random batch.")
 _TOLERANCE = flags.DEFINE_float("tolerance", 1e-4, "--self_check: the largest relative logit error that passes.")
