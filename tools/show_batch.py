@@ -3,7 +3,7 @@
   python tools/show_batch.py --config configs/demo.py --workdir runs/demo --rows 2 --out /tmp/batch
 
 Prints each packed document (segment) of the first rows as text with `[image k]` markers and writes
-the images of those rows as PNGs into --out. Works for the embedded dataset (k-means codebook).
+the images of those rows as PNGs into --out. Works for the embedded dataset (k-means codebook or VQGAN).
 """
 import os
 
