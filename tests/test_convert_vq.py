@@ -163,6 +163,13 @@ def test_bad_vq_tensor_is_refused_naming_it(exported, tmp_path, case):
   assert not os.path.exists(tmp_path / "tok")
 
 
+def test_a_directory_without_vq_tensors_is_refused(tmp_path):
+  c, _ = tiny()
+  hf_chameleon.to_hf(random_lm_params(c.model), c.model, from_config(c), str(tmp_path / "hf"))
+  with pytest.raises(hf_chameleon.ConversionError, match="no model.vqmodel"):
+    hf_chameleon.from_hf(str(tmp_path / "hf"), vq_out=str(tmp_path / "tok"))
+
+
 def test_tokenizer_transformers_cannot_build_is_refused_before_writing(tmp_path):
   c, _ = tiny()
   vq = vqgan.model_config(resolution=32, base_channels=8, channel_multiplier=(1, 1, 2, 2), num_res_blocks=1,

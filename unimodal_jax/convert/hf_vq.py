@@ -77,6 +77,8 @@ def _config(hf_dir, hf: dict):
   from_hf = vq_convert.config_from_hf(hf["vq_config"], norm_groups=HF_NORM_GROUPS)
   if not has_decoder(hf_dir):
     return from_hf
+  if not os.path.isfile(os.path.join(hf_dir, DECODER_CONFIG)):
+    raise hf_chameleon.ConversionError(f"{hf_dir} has {DECODER_FILE} but not its config {DECODER_CONFIG}")
   with open(os.path.join(hf_dir, DECODER_CONFIG)) as f:
     ours = vq_convert.config_from_hf(json.load(f))
   for key in HF_KEYS:
@@ -120,6 +122,9 @@ def import_tokenizer(hf_dir, out_dir, vocab=None) -> bool:
   expected = _expected_shapes(shapes)
   files = hf_chameleon._tensor_files(hf_dir)
   vq_names = {n for n in files if n.startswith(hf_chameleon.VQ_PREFIX)}
+  if not vq_names:
+    raise hf_chameleon.ConversionError(f"{hf_dir} holds no {hf_chameleon.VQ_PREFIX}* tensors (an export without "
+                                       "--vq_tokenizer): there is no tokenizer to import")
   wanted = {hf_chameleon.VQ_PREFIX + k: s for k, s in expected.items() if not k.startswith("decoder.")}
   unexpected = sorted(vq_names - set(wanted))
   if unexpected:
