@@ -68,30 +68,28 @@ def test_load_tokenizers_gives_the_vqgan_that_reconstructs_the_photos(prepared, 
   assert 10 * np.log10(255 ** 2 / mse) > 16  # docs/benchmarks.md: 21.3 dB over the 28 centre squares
 
 
-def test_a_changed_tokenizer_rebuilds_the_dataset(tmp_path, photos, monkeypatch):
+def test_a_changed_tokenizer_invalidates_the_build(tmp_path, photos, monkeypatch):
   monkeypatch.setattr(embedded, "load_images", lambda image_size: photos)  # the same photos, loaded once
-  path = str(tmp_path / "tokenizer")
+  path, data_dir = str(tmp_path / "tokenizer"), str(tmp_path / "data")
   shutil.copytree(codes.PHOTOS_TOKENIZER, path)
-  data_dir = str(tmp_path / "data")
+  os.makedirs(data_dir)
+  open(os.path.join(data_dir, embedded.CODEBOOK_FILE), "w").close()  # left by an earlier k-means build
   c = vqgan_config(path)
-  c.vq.kind = "kmeans"  # from a k-means build to a VQGAN build in the same folder
-  embedded.prepare(c, data_dir)
-  c.vq.kind = "vqgan"
-  embedded.prepare(c, data_dir)
-  first = embedded._read_manifest(data_dir)
-  assert first["image_tokenizer"]["sha256"] == codes.fingerprint(codes.PHOTOS_TOKENIZER)
+  paths = embedded.prepare(c, data_dir)
+  manifest = embedded._read_manifest(data_dir)
+  assert manifest["image_tokenizer"]["sha256"] == codes.fingerprint(codes.PHOTOS_TOKENIZER)  # a copy matches
   assert not os.path.exists(os.path.join(data_dir, embedded.CODEBOOK_FILE))
+  c.vq.kind = "kmeans"
+  assert embedded._build_key(c) != manifest["key"]
+  c.vq.kind = "vqgan"
   weights = os.path.join(path, codes.VQGAN_FILES[1])
   tensors = load_file(weights)
   tensors["quantize.embedding.weight"] = tensors["quantize.embedding.weight"][::-1].copy()
   save_file(tensors, weights)
-  embedded.prepare(c, data_dir)
-  second = embedded._read_manifest(data_dir)
-  assert second["key"] != first["key"] and second["image_tokenizer"]["sha256"] == codes.fingerprint(path)
-  with open(weights, "ab") as f:  # the tokenizer changes after the build: its codes are no longer its own
-    f.write(b" ")
-  with pytest.raises(ValueError, match="changed since the build"):
+  assert embedded._build_key(c) != manifest["key"] and not embedded._ready(data_dir, embedded._build_key(c), "vqgan")
+  with pytest.raises(ValueError, match="changed since the build"):  # its codes are no longer this tokenizer's
     embedded.load_tokenizers(data_dir)
+  assert all(os.path.exists(p) for p in paths)
 
 
 def test_a_vqgan_whose_dims_differ_from_config_vq_is_named_with_its_file():
