@@ -155,7 +155,7 @@ def main(argv):
   print(f"{argv[1]}: {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
   if _SELF_CHECK.value:
     from transformers.utils import logging as transformers_logging  # the torch extra: only the self-check needs it
-    transformers_logging.set_verbosity_error()  # its load report lists the VQ encoder weights we do not write
+    transformers_logging.set_verbosity_error()  # its load report lists VQ weights an export without --vq_tokenizer lacks
     if argv[1].endswith("torch"):
       error, reference = parity.max_relative_error_torch(hf_dir, load_params(), model_config, vocab), "torch_mot"
     else:
