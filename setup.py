@@ -39,6 +39,6 @@ setup(
         "unimodal-plan=unimodal_jax.parallel.plan_main:run",
         "unimodal-train-vq=unimodal_jax.vq.train:run",
         "unimodal-tokenize=unimodal_jax.vq.tokenize_main:run",
-        "unimodal-make-shards=unimodal_jax.data.make_shards:run",
+        "unimodal-make-shards=unimodal_jax.data.make_shards_main:run",
     ]},
 )
