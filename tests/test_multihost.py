@@ -52,8 +52,9 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(tmp_path):
   loop.train(c, str(tmp_path / "single"))
   single, multi = final_params(str(tmp_path / "single"), 12), final_params(str(workdir), 12)
   assert single.keys() == multi.keys()
-  for key in single:  # same math; collectives across processes may add in another order
-    np.testing.assert_allclose(multi[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  for key in single:  # same math; collectives across processes may add in another order, and Adam's first
+    # steps scale a near-zero gradient's rounding up to ~lr: a few embedding rows differ by ~1e-6
+    np.testing.assert_allclose(multi[key], single[key], rtol=1e-5, atol=1e-5, err_msg=key)
   single_rows = metrics_lib.read_metrics(str(tmp_path / "single" / "metrics.jsonl"))
   np.testing.assert_allclose([r["loss"] for r in single_rows], [r["loss"] for r in rows], rtol=1e-5)
 
