@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -17,12 +16,13 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 import batches
+from test_convert_hf import random_params  # every leaf random: each MoT expert gets its own
 from unimodal_jax import config as config_lib
 from unimodal_jax.convert import checkpoint, mot, rope_layout, torch_mot
 from unimodal_jax.convert.hf_chameleon import ConversionError
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
-from unimodal_jax.train import checkpoint as train_checkpoint, state as state_lib
+from unimodal_jax.train import checkpoint as train_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_LEN = 96
@@ -44,18 +44,6 @@ def model_config(case):
   m = load_config().model
   m.update(CASES[case])
   return m
-
-
-def random_params(m, seed=0):
-  """Random params of our model's shapes (numpy): every leaf N(0, 0.1^2), norm scales around 1; each expert its own."""
-  shapes = jax.eval_shape(lambda: nn.unbox(Transformer(m).init(jax.random.key(0), state_lib.dummy_batch(8))["params"]))
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    x = 0.1 * rng.standard_normal(shape.shape).astype(np.float32)
-    return x + 1.0 if path[-1].key == "scale" else x
-
-  return jax.tree_util.tree_map_with_path(leaf, shapes)
 
 
 def packed_batch(vocab, seed=0):

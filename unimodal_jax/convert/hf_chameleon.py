@@ -187,6 +187,26 @@ def _shards(plan, max_bytes):
   return shards
 
 
+def write_shards(plan, arrays, out_dir, max_shard_bytes, *, desc, progress) -> tuple[dict, int]:
+  """Write the float32 `arrays` (an iterator in `plan` order) as `model-0000k-of-0000n.safetensors` files of at most
+  `max_shard_bytes` each, one tensor in memory at a time beyond the shard being filled.
+
+  Returns the index's weight map (tensor name -> file) and the total bytes written.
+  """
+  shards = _shards(plan, max_shard_bytes)
+  weight_map = {}
+  with tqdm.tqdm(total=len(plan), unit="tensor", desc=desc, disable=not progress) as bar:
+    for k, shard in enumerate(shards):
+      filename = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+      tensors = {}
+      for t in shard:
+        tensors[t.name] = next(arrays)
+        bar.update()
+      save_file(tensors, os.path.join(out_dir, filename), metadata={"format": "pt"})
+      weight_map.update(dict.fromkeys(tensors, filename))
+  return weight_map, sum(4 * math.prod(t.shape) for t in plan)
+
+
 def to_hf(params, model_config, vocab, out_dir, *, text_token_names=None, layout=None, vq_config=None,
           vq_tokenizer_dir=None, max_shard_bytes=2**31, progress=False) -> dict:
   """Write `params` (our dense tree; any nested Mapping, read leaf by leaf) as a directory that
@@ -212,19 +232,8 @@ def to_hf(params, model_config, vocab, out_dir, *, text_token_names=None, layout
   plan = tensor_plan(m)
   _check_params(params, plan, m.num_layers)
   os.makedirs(out_dir, exist_ok=True)
-  shards = _shards(plan, max_shard_bytes)
-  arrays = _hf_arrays(params, plan, hf_id_of)
-  weight_map = {}
-  with tqdm.tqdm(total=len(plan), unit="tensor", desc="to-hf", disable=not progress) as bar:
-    for k, shard in enumerate(shards):
-      filename = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-      tensors = {}
-      for t in shard:
-        tensors[t.name] = next(arrays)
-        bar.update()
-      save_file(tensors, os.path.join(out_dir, filename), metadata={"format": "pt"})
-      weight_map.update(dict.fromkeys(tensors, filename))
-  total = sum(4 * math.prod(t.shape) for t in plan)
+  weight_map, total = write_shards(plan, _hf_arrays(params, plan, hf_id_of), out_dir, max_shard_bytes, desc="to-hf",
+                                   progress=progress)
   if tokenizer:
     vq_config, vq_weight_map, vq_bytes = hf_vq.write_tokenizer(*tokenizer, out_dir)
     weight_map.update(vq_weight_map)

@@ -7,17 +7,15 @@ Import also reads q/k written for interleaved RoPE (config.json `rope_layout`, M
 """
 import dataclasses
 import json
-import math
 import os
 
 import ml_collections
 import numpy as np
 import tqdm
-from safetensors.numpy import save_file
 
 from unimodal_jax.convert import rope_layout
 from unimodal_jax.convert.hf_chameleon import (
-    INDEX_FILE, ConversionError, _insert, _leaf_paths, _node, _read, _shards, _tensor_files, _write_json)
+    INDEX_FILE, ConversionError, _insert, _leaf_paths, _node, _read, _tensor_files, _write_json, write_shards)
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.model import experts
 
@@ -171,19 +169,8 @@ def to_torch(params, model_config, vocab, out_dir, *, max_shard_bytes=2**31, pro
   plan = tensor_plan(m)
   _check_params(params, plan, m)
   os.makedirs(out_dir, exist_ok=True)
-  shards = _shards(plan, max_shard_bytes)
-  arrays = _torch_arrays(params, plan)
-  weight_map = {}
-  with tqdm.tqdm(total=len(plan), unit="tensor", desc="to-torch", disable=not progress) as bar:
-    for k, shard in enumerate(shards):
-      filename = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-      tensors = {}
-      for t in shard:
-        tensors[t.name] = next(arrays)
-        bar.update()
-      save_file(tensors, os.path.join(out_dir, filename), metadata={"format": "pt"})
-      weight_map.update(dict.fromkeys(tensors, filename))
-  total = sum(4 * math.prod(t.shape) for t in plan)
+  weight_map, total = write_shards(plan, _torch_arrays(params, plan), out_dir, max_shard_bytes, desc="to-torch",
+                                   progress=progress)
   _write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
   config = torch_config(m, vocab)
   _write_json(os.path.join(out_dir, "config.json"), config)
