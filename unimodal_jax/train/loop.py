@@ -3,7 +3,6 @@
 Reads top to bottom; every piece it calls lives in data/, model/, parallel/ or train/.
 """
 import functools
-import glob
 import os
 import time
 
@@ -12,20 +11,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from unimodal_jax import config as config_lib
-from unimodal_jax.data import embedded, pipeline
+from unimodal_jax.data import embedded, pipeline, sources
 from unimodal_jax.data.vocab import MODALITIES, from_config
 from unimodal_jax.model import experts, flops
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import checkpoint, evaluate, metrics as metrics_lib, preemption as preemption_lib
 from unimodal_jax.train import state as state_lib, step as step_lib
-
-
-def _shards(directory: str, key: str) -> list[str]:
-  paths = sorted(glob.glob(os.path.join(directory, "*.array_record*")))
-  if not paths:
-    raise FileNotFoundError(f"config.{key}={directory!r} holds no *.array_record shards")
-  return paths
 
 
 def data_paths(config, workdir: str) -> tuple[list[str] | None, list[str]]:
@@ -39,11 +31,11 @@ def data_paths(config, workdir: str) -> tuple[list[str] | None, list[str]]:
   elif config.data.source == "mixture":
     train_paths = None
   else:
-    train_paths = _shards(config.data.dir, "data.dir")
+    train_paths = sources.shard_paths(config.data.dir, "data.dir")
   if config.eval.every <= 0:
     return train_paths, []
   if config.eval.dir:
-    return train_paths, _shards(config.eval.dir, "eval.dir")
+    return train_paths, sources.shard_paths(config.eval.dir, "eval.dir")
   if config.data.source != "embedded":
     raise config_lib.ConfigError("config.eval.dir: eval.every > 0 needs held-out shards for data.source="
                                  f"{config.data.source!r}")
