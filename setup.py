@@ -34,11 +34,11 @@ setup(
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     },
     entry_points={"console_scripts": [
-        "unimodal-train=unimodal_jax.train.main:run",
-        "unimodal-convert=unimodal_jax.convert.main:run",
-        "unimodal-plan=unimodal_jax.parallel.plan_main:run",
-        "unimodal-train-vq=unimodal_jax.vq.train:run",
-        "unimodal-tokenize=unimodal_jax.vq.tokenize_main:run",
-        "unimodal-make-shards=unimodal_jax.data.make_shards_main:run",
+        "unimodal-train=unimodal_jax.cli.train:run",
+        "unimodal-convert=unimodal_jax.cli.convert:run",
+        "unimodal-plan=unimodal_jax.cli.plan:run",
+        "unimodal-train-vq=unimodal_jax.cli.train_vq:run",
+        "unimodal-tokenize=unimodal_jax.cli.tokenize:run",
+        "unimodal-make-shards=unimodal_jax.cli.make_shards:run",
     ]},
 )

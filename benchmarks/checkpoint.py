@@ -58,7 +58,7 @@ def measure(width: int, root: str, data_iter) -> dict:
     state, _ = timed_steps(train_step, state, batch, 2)  # compile and warm up
     state, plain = timed_steps(train_step, state, batch, STEPS)
     t0 = time.perf_counter()
-    blocking = checkpoint.save(manager, 1, state, data_iter, c, force=True)
+    blocking = checkpoint.save(manager, 1, state, c, every=1, data_iterator=data_iter, force=True)
     state, during = timed_steps(train_step, state, batch, STEPS)
     manager.wait_until_finished()
     total = time.perf_counter() - t0

@@ -80,7 +80,7 @@ def main():
   config_file, model, fmt = (MOT_CONFIG, MOT_MODEL, "torch") if args.mot else (CONFIG, MODEL, "hf")
   step_dir, out_dir, init_dir = (os.path.join(args.workdir, d) for d in ("checkpoints/0", fmt, "imported"))
   count = write_random_checkpoint(step_dir, config_file, model)
-  cli = [sys.executable, "-m", "unimodal_jax.convert.main"]
+  cli = [sys.executable, "-m", "unimodal_jax.cli.convert"]
   model_flags = [f"--config={config_file}"] + [f"--config.model.{k}={v}" for k, v in model.items()]
   check = ["--self_check"] if args.self_check else []
   to_vq, from_vq = [], []

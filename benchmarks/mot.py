@@ -20,8 +20,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from step_time import full_batch, load_config, measure
 from unimodal_jax.model import experts
 from unimodal_jax.model.transformer import Block
-from unimodal_jax.parallel import mesh as mesh_lib, topology
-from unimodal_jax.train import aot
+from unimodal_jax.parallel import mesh as mesh_lib
+from unimodal_jax.plan import aot, topology
 
 VARIANTS = (("dense", 1, "grouped"), ("MoT grouped", 2, "grouped"), ("MoT masked", 2, "masked"))
 

@@ -4,13 +4,14 @@ multipliers [1, 1, 2, 2, 4], 2 ResNet blocks per level); import its weights or t
   unimodal-train-vq --config configs/vq_chameleon.py --workdir runs/vq_chameleon --config.vq_train.batch_size=64
 """
 from unimodal_jax.config import default_config
-from unimodal_jax.vq import vqgan, vq_train
+from unimodal_jax.train import vq_loop
+from unimodal_jax.vq import vqgan
 
 
 def get_config():
   c = default_config()
   c.vqgan = vqgan.model_config()  # Chameleon's defaults
-  c.vq_train = vq_train.train_config(batch_size=64, num_steps=100_000, learning_rate=1e-4, disc_start=30_000,
+  c.vq_train = vq_loop.train_config(batch_size=64, num_steps=100_000, learning_rate=1e-4, disc_start=30_000,
                                      disc_channels=64, disc_layers=3, restart_every=1000, log_every=100,
                                      checkpoint_every=2000)
   c.vq.kind = "vqgan"

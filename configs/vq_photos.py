@@ -6,7 +6,8 @@ About 12.5 minutes of CPU time (2 cores). Result (docs/benchmarks.md, "VQGAN ima
 94% of the codebook used on the photos' centre squares.
 """
 from unimodal_jax.config import default_config
-from unimodal_jax.vq import vqgan, vq_train
+from unimodal_jax.train import vq_loop
+from unimodal_jax.vq import vqgan
 
 
 def get_config():
@@ -14,7 +15,7 @@ def get_config():
   c.vqgan = vqgan.model_config(resolution=64, base_channels=16, channel_multiplier=(1, 2, 4, 4), num_res_blocks=1,
                                attn_resolutions=(), latent_channels=32, embed_dim=16, num_embeddings=256,
                                norm_groups=8)
-  c.vq_train = vq_train.train_config(batch_size=8, num_steps=1500, learning_rate=5e-4, warmup_steps=50,
+  c.vq_train = vq_loop.train_config(batch_size=8, num_steps=1500, learning_rate=5e-4, warmup_steps=50,
                                      l1_weight=1.0, l2_weight=1.0, restart_every=100, log_every=50,
                                      checkpoint_every=500, disc_start=-1)
   c.vq.kind = "vqgan"

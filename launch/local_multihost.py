@@ -25,7 +25,7 @@ def free_port() -> int:
 
 def train_command() -> list[str]:
   found = shutil.which("unimodal-train", path=os.path.dirname(sys.executable)) or shutil.which("unimodal-train")
-  return [found] if found else [sys.executable, "-m", "unimodal_jax.train.main"]
+  return [found] if found else [sys.executable, "-m", "unimodal_jax.cli.train"]
 
 
 def forward(process_id: int, stream):

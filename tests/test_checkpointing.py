@@ -16,13 +16,13 @@ import pytest
 
 import batches
 from test_model import load_config
-from unimodal_jax import config as config_lib
 from unimodal_jax.convert.checkpoint import load_all, read_params
 from unimodal_jax.data import pipeline
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import checkpoint, loop, state as state_lib, step as step_lib
+from unimodal_jax.data import vocab as vocab_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, EVERY = 24, 8
@@ -62,7 +62,7 @@ def reference(tmp_path_factory):
 
 
 def start_training(workdir, data_dir):
-  cmd = [sys.executable, "-m", "unimodal_jax.train.main", "--config", os.path.join(REPO, "configs", "tiny.py"),
+  cmd = [sys.executable, "-m", "unimodal_jax.cli.train", "--config", os.path.join(REPO, "configs", "tiny.py"),
          "--workdir", workdir, *[f"--config.{k}={v}" for k, v in {**OVERRIDES, "data.dir": data_dir}.items()]]
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -166,7 +166,7 @@ def test_checkpoint_saved_on_8x1x1_restores_onto_2x2x2_with_the_same_next_loss(r
   c = run_config(data_dir)
   vocab = from_config(c)
   batch = batches.random_batch(np.random.default_rng(0), vocab, c.train.batch_size, c.data.seq_len,
-                               config_lib.image_tokens_per_image(c))
+                               vocab_lib.image_tokens_per_image(c))
   losses = {}
   for shape in ((8, 1, 1), (2, 2, 2)):
     state, shardings, model, mesh, rules = fresh_state(c, shape)

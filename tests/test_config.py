@@ -2,7 +2,8 @@
 import pytest
 
 from test_model import load_config
-from unimodal_jax.config import ConfigError, validate
+from unimodal_jax.config import ConfigError
+from unimodal_jax.train.validate import validate
 
 CASES = [
     ("mesh", {"mesh.data": 3, "mesh.fsdp": 1}, "config.mesh", "3"),

@@ -295,7 +295,7 @@ def test_cli_exports_a_run_checkpoint_and_self_checks(tmp_path):
   with ocp.StandardCheckpointer() as saver:
     saver.save(str(tmp_path / "run" / "3" / "state"), {"step": 3, "params": params})
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  cmd = [sys.executable, "-m", "unimodal_jax.convert.main", "to-hf", f"--config={REPO}/configs/tiny.py",
+  cmd = [sys.executable, "-m", "unimodal_jax.cli.convert", "to-hf", f"--config={REPO}/configs/tiny.py",
          f"--checkpoint={tmp_path}/run/3", f"--out_dir={tmp_path}/hf", "--self_check", "--tolerance=1e-5"]
   out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]

@@ -220,7 +220,7 @@ def test_cli_exports_with_a_self_check_and_imports_a_mot_checkpoint(tmp_path):
   with ocp.StandardCheckpointer() as saver:
     saver.save(str(tmp_path / "run" / "3" / "state"), {"step": 3, "params": params})
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  cli = [sys.executable, "-m", "unimodal_jax.convert.main"]
+  cli = [sys.executable, "-m", "unimodal_jax.cli.convert"]
   out = subprocess.run(cli + ["to-torch", f"--config={REPO}/configs/mot_tiny.py", f"--checkpoint={tmp_path}/run/3",
                               f"--out_dir={tmp_path}/pt", "--self_check", "--tolerance=1e-5"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

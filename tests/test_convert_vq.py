@@ -192,7 +192,7 @@ def test_cli_carries_the_tokenizer_both_ways(exported, tmp_path):
     saver.save(str(tmp_path / "run" / "3" / "state"), {"step": 3, "params": random_lm_params(c.model)})
   vq_convert.save_tokenizer(params, vq, str(tmp_path / "tokenizer"))
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  cli = [sys.executable, "-m", "unimodal_jax.convert.main"]
+  cli = [sys.executable, "-m", "unimodal_jax.cli.convert"]
   commands = [
       ["to-hf", f"--config={REPO}/configs/tiny.py", f"--checkpoint={tmp_path}/run/3", f"--out_dir={tmp_path}/hf",
        f"--vq_tokenizer={tmp_path}/tokenizer"],

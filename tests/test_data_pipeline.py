@@ -18,6 +18,7 @@ from unimodal_jax.data import documents
 from unimodal_jax.data import packing
 from unimodal_jax.data import pipeline
 from unimodal_jax.data import vocab as vocab_lib
+from unimodal_jax.train import validate as validate_lib
 
 NUM_DOCS, TEXT_PER_DOC, GRID = 48, 40, 2
 VOCAB = vocab_lib.Vocab(text_size=3 + NUM_DOCS * TEXT_PER_DOC, num_image_codes=16)
@@ -147,7 +148,7 @@ def test_an_image_longer_than_seq_len_raises_naming_data_seq_len():
 
 def test_a_seq_len_shorter_than_an_image_is_a_config_error():
   with pytest.raises(config_lib.ConfigError, match=r"config\.data\.seq_len: 5 cannot hold one image of 6 tokens"):
-    config_lib.validate(small_config(seq_len=5), num_devices=1)
+    validate_lib.validate(small_config(seq_len=5), num_devices=1)
 
 
 def test_make_dataset_yields_per_process_batches(shards):
@@ -199,7 +200,7 @@ def test_worker_processes_resume_exactly_through_an_orbax_checkpoint(shards, tmp
   import orbax.checkpoint as ocp
 
   garbage = str(tmp_path / "garbage.array_record")
-  writer = array_record_module.ArrayRecordWriter(garbage, documents.WRITER_OPTIONS)
+  writer = array_record_module.ArrayRecordWriter(garbage, config_lib.ARRAY_RECORD_WRITER_OPTIONS)
   for i in range(10):
     writer.write(b"not a record %d" % i)
   writer.close()
@@ -222,7 +223,7 @@ def test_worker_processes_resume_exactly_through_an_orbax_checkpoint(shards, tmp
 
 def test_a_version_1_record_is_rejected_with_how_to_rewrite_it(tmp_path):
   path = str(tmp_path / "old.array_record")
-  writer = array_record_module.ArrayRecordWriter(path, documents.WRITER_OPTIONS)
+  writer = array_record_module.ArrayRecordWriter(path, config_lib.ARRAY_RECORD_WRITER_OPTIONS)
   writer.write(flax.serialization.msgpack_serialize({"version": 1, "kind": "text", "tokens": DOCS[0]}))
   writer.close()
   with pytest.raises(ValueError, match=f"{path} record 0: document format version 1 .*unimodal-make-shards"):
@@ -245,4 +246,4 @@ def test_a_multi_shard_iterator_resumes_from_its_state(shards):
 
 def test_data_num_shards_must_be_a_multiple_of_the_processes():
   with pytest.raises(config_lib.ConfigError, match="config.data.num_shards: 3"):
-    config_lib.validate(small_config(num_shards=3), num_devices=2, process_count=2)
+    validate_lib.validate(small_config(num_shards=3), num_devices=2, process_count=2)

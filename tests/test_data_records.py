@@ -15,6 +15,7 @@ from unimodal_jax.data import packing
 from unimodal_jax.data import pipeline
 from unimodal_jax.data import sources as sources_lib
 from unimodal_jax.data import vocab as vocab_lib
+from unimodal_jax.train import validate as validate_lib
 
 TEXT_SIZE, NUM_CODES, GRID, MAX_TOKENS = 200, 16, 2, 120
 VOCAB = vocab_lib.Vocab(text_size=TEXT_SIZE, num_image_codes=NUM_CODES)
@@ -81,7 +82,7 @@ BAD_RECORDS = {  # name -> (maker(rng, good record bytes), expected message)
 
 
 def write(path, records):
-  writer = array_record_module.ArrayRecordWriter(path, documents.WRITER_OPTIONS)
+  writer = array_record_module.ArrayRecordWriter(path, config_lib.ARRAY_RECORD_WRITER_OPTIONS)
   for r in records:
     writer.write(r)
   writer.close()
@@ -197,7 +198,7 @@ def source_of(tokens: np.ndarray) -> str:
 
 def test_a_mixture_draws_records_in_proportion_to_the_weights(mixture_paths):
   c = mixture_config(mixture_paths, a=("shards", mixture_paths["a"], 3.0), b=("shards", mixture_paths["b"], 1.0))
-  config_lib.validate(c, num_devices=1)
+  validate_lib.validate(c, num_devices=1)
   docs = pipeline.documents_dataset(c, sources_lib.from_config(c))
   n = 2000
   share = np.mean([source_of(docs[i]) == "a" for i in range(n)])
@@ -233,7 +234,7 @@ def tfds_dir(tmp_path_factory):
 def test_a_tfds_array_record_dataset_mixes_with_shards_without_tensorflow(mixture_paths, tfds_dir):
   c = mixture_config(mixture_paths, a=("shards", mixture_paths["a"], 1.0), pairs=("tfds", tfds_dir, 1.0))
   c.data.sources.pairs.text_feature, c.data.sources.pairs.image_feature = "caption", "codes"
-  config_lib.validate(c, num_devices=1)
+  validate_lib.validate(c, num_devices=1)
   docs = pipeline.documents_dataset(c, sources_lib.from_config(c))
   pairs = [docs[i] for i in range(200) if source_of(docs[i]) == "b"]
   assert 80 <= len(pairs) <= 120
@@ -253,10 +254,10 @@ def test_data_config_errors_name_the_key(key, value, message):
   section, name = key.split(".")
   c[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(c, num_devices=1)
+    validate_lib.validate(c, num_devices=1)
 
 
 def test_a_source_entry_error_names_its_key():
   c = mixture_config({}, web=("shards", "/data/web/*.array_record", 0.0))
   with pytest.raises(config_lib.ConfigError, match=r"config.data.sources.web.weight: must be > 0"):
-    config_lib.validate(c, num_devices=1)
+    validate_lib.validate(c, num_devices=1)

@@ -11,6 +11,7 @@ from safetensors.numpy import load_file, save_file
 from unimodal_jax import config as config_lib
 from unimodal_jax.data import documents, embedded
 from unimodal_jax.vq import codes, vq_convert, vqgan
+from unimodal_jax.train import validate as validate_lib
 
 
 def vqgan_config(tokenizer_path=codes.PHOTOS_TOKENIZER):
@@ -97,8 +98,8 @@ def test_a_vqgan_whose_dims_differ_from_config_vq_is_named_with_its_file():
   c.vq.patch_size = 4
   with pytest.raises(config_lib.ConfigError, match=r"config.vq.tokenizer_path=.*photos_tokenizer/config.json is a "
                      r"VQGAN for \(image_size, patch_size, num_codes\) = \(64, 8, 256\)"):
-    config_lib.validate(c, num_devices=1)
+    validate_lib.validate(c, num_devices=1)
   c = vqgan_config("")
   with pytest.raises(config_lib.ConfigError, match="config.vq.tokenizer_path: data.source='embedded'"):
-    config_lib.validate(c, num_devices=1)
-  config_lib.validate(vqgan_config(), num_devices=1)
+    validate_lib.validate(c, num_devices=1)
+  validate_lib.validate(vqgan_config(), num_devices=1)

@@ -73,7 +73,7 @@ def test_jsonl_documents_hold_the_tokenizers_ids(setup, tmp_path):
 def test_the_cli_converts_an_image_caption_folder_with_a_progress_bar(setup, tmp_path):
   c, tok_path, folder, _, text_tok = setup
   out = str(tmp_path / "out")
-  cmd = [sys.executable, "-c", "from unimodal_jax.data.make_shards_main import run; run()",
+  cmd = [sys.executable, "-c", "from unimodal_jax.cli.make_shards import run; run()",
          "--config", os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"),
          "--config.vocab.text_size=300", "--config.vq.image_size=16", "--config.vq.patch_size=8",
          "--config.vq.num_codes=8", f"--config.vq.tokenizer_path={c.vq.tokenizer_path}",

@@ -16,6 +16,7 @@ from unimodal_jax.model.loss import token_losses
 from unimodal_jax.model.transformer import Transformer, apply_rope
 from unimodal_jax.train import state as state_lib
 from unimodal_jax.train.step import loss_fn
+from unimodal_jax.data import vocab as vocab_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +36,7 @@ def tiny():
 
 
 def image_len(c):
-  return config_lib.image_tokens_per_image(c)
+  return vocab_lib.image_tokens_per_image(c)
 
 
 def test_future_tokens_do_not_change_past_logits(tiny):

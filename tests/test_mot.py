@@ -11,7 +11,6 @@ import pytest
 
 import batches
 from test_model import load_config
-from unimodal_jax import config as config_lib
 from unimodal_jax.data import pipeline
 from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.data.vocab import IMAGE, from_config
@@ -19,6 +18,7 @@ from unimodal_jax.model import experts
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.train import checkpoint, loop, metrics as metrics_lib, state as state_lib
 from unimodal_jax.train.step import loss_fn
+from unimodal_jax.data import vocab as vocab_lib
 
 
 def init(model_config, seq_len, seed=0):
@@ -35,7 +35,7 @@ def with_impl(c, impl):
 def mixed_batch(c, vocab):
   """Random interleaved rows plus a text-only row and a row made only of image codes."""
   rng = np.random.default_rng(0)
-  b = batches.random_batch(rng, vocab, 4, c.data.seq_len, config_lib.image_tokens_per_image(c))
+  b = batches.random_batch(rng, vocab, 4, c.data.seq_len, vocab_lib.image_tokens_per_image(c))
   tokens = np.array(b.tokens)
   tokens[2] = np.where(b.segment_ids[2] > 0, rng.integers(3, vocab.text_size, c.data.seq_len), 0)
   tokens[3] = vocab.id_of(rng.integers(0, vocab.num_image_codes, c.data.seq_len))
@@ -175,8 +175,7 @@ def test_grouped_mot_has_dense_flops_on_tpu(mesh):
   """AOT-compiled for 8 TPU v5e chips (libtpu, no TPU): the grouped MoT train step costs the dense
   model's FLOPs (within 10%), also with FSDP and tensor parallelism; the masked oracle, which runs both
   experts on every token, does not."""
-  from unimodal_jax.parallel import topology
-  from unimodal_jax.train import aot
+  from unimodal_jax.plan import aot, topology
   devices = topology.tpu_devices("v5e-8")
 
   def step_flops(num_experts, impl):

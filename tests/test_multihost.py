@@ -63,7 +63,7 @@ def test_a_process_that_loses_its_peer_exits_with_an_error_in_bounded_time(tmp_p
   port = 20000 + os.getpid() % 20000
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "unimodal_jax.train.main", "--config", os.path.join(REPO, "configs", "tiny.py"),
+      [sys.executable, "-m", "unimodal_jax.cli.train", "--config", os.path.join(REPO, "configs", "tiny.py"),
        "--workdir", str(tmp_path / "run"), "--config.train.num_steps=100000", "--config.train.log_every=1",
        "--config.train.checkpoint_every=100000", "--distributed=explicit", f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={i}", "--heartbeat_timeout_s=10"],

@@ -5,7 +5,9 @@ import pytest
 
 from test_model import load_config
 from unimodal_jax import config as config_lib
-from unimodal_jax.parallel import mesh as mesh_lib, plan as plan_lib, topology
+from unimodal_jax.parallel import mesh as mesh_lib
+from unimodal_jax.plan import planner as plan_lib, topology
+from unimodal_jax.train import validate as validate_lib
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,7 @@ def test_mesh_sizes_must_fill_each_slice():
   c = load_config("tiny")
   c.mesh.data, c.mesh.dcn_data = 4, 2
   with pytest.raises(config_lib.ConfigError, match=r"uses 4 devices, but 16 are available per slice \(2 slices\)"):
-    config_lib.validate(c, num_devices=32)
+    validate_lib.validate(c, num_devices=32)
 
 
 def test_the_train_step_compiles_for_two_slices_and_the_plan_demands_matching_dcn_axes(two_slices):

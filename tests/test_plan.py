@@ -10,7 +10,7 @@ import pytest
 
 from unimodal_jax.config import load_config_file
 from unimodal_jax.model import flops as flops_lib
-from unimodal_jax.parallel import plan, topology
+from unimodal_jax.plan import planner as plan, topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHIPS = 8  # v5e-8: one host, 2x4 chips

@@ -8,11 +8,11 @@ import pytest
 
 import batches
 from test_model import load_config
-from unimodal_jax import config as config_lib
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import state as state_lib, step as step_lib
+from unimodal_jax.data import vocab as vocab_lib
 
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
@@ -47,7 +47,7 @@ def reference(request):
   model = Transformer(c.model)
   params = nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(c.data.seq_len))["params"])
   batch = batches.random_batch(np.random.default_rng(0), vocab, c.train.batch_size, c.data.seq_len,
-                               config_lib.image_tokens_per_image(c))
+                               vocab_lib.image_tokens_per_image(c))
   single = mesh_lib.create_mesh(c.mesh, devices=jax.devices()[:1])
   return request.param, params, batch, loss_and_grads(c, single, params, batch)
 

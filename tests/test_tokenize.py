@@ -78,7 +78,7 @@ def test_killed_run_resumes_without_duplicating_or_losing_images(tmp_path, token
     Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(src / f"{i:04d}.jpg", quality=90)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
   proc = subprocess.Popen(
-      [sys.executable, "-m", "unimodal_jax.vq.tokenize_main", f"--images={src}", f"--tokenizer={tokenizer_dir}",
+      [sys.executable, "-m", "unimodal_jax.cli.tokenize", f"--images={src}", f"--tokenizer={tokenizer_dir}",
        f"--out_dir={out}", "--shard_size=2", "--batch_size=2"], env=env, stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL)
   finished = lambda: sorted(p for p in os.listdir(out) if p.endswith(".array_record")) if out.exists() else []

@@ -4,11 +4,11 @@ import numpy as np
 
 import batches
 from test_model import load_config
-from unimodal_jax import config as config_lib
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import state as state_lib, step as step_lib
+from unimodal_jax.data import vocab as vocab_lib
 
 
 def test_one_batch_is_overfit():
@@ -23,7 +23,7 @@ def test_one_batch_is_overfit():
   train_step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=c,
                                            schedule=state_lib.make_schedule(c.optim, steps))
   batch = batches.random_batch(np.random.default_rng(0), vocab, c.train.batch_size, c.data.seq_len,
-                               config_lib.image_tokens_per_image(c))
+                               vocab_lib.image_tokens_per_image(c))
   losses = []
   with mesh_lib.mesh_context(mesh, rules):
     global_batch = mesh_lib.global_batch(batch, mesh)

@@ -12,11 +12,11 @@ import pytest
 
 import batches
 from test_model import load_config
-from unimodal_jax import config as config_lib
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import loop, state as state_lib, step as step_lib
+from unimodal_jax.data import vocab as vocab_lib
 
 
 def setup(c, steps=10):
@@ -25,7 +25,7 @@ def setup(c, steps=10):
   tx = state_lib.make_optimizer(c.optim, steps)
   state, shardings = state_lib.create_state(model, tx, mesh, rules, jax.random.key(0), c.data.seq_len)
   batch = batches.random_batch(np.random.default_rng(0), vocab, c.train.batch_size, c.data.seq_len,
-                               config_lib.image_tokens_per_image(c))
+                               vocab_lib.image_tokens_per_image(c))
   return vocab, model, mesh, rules, tx, state, shardings, batch
 
 

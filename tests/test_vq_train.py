@@ -7,7 +7,9 @@ import pytest
 
 from unimodal_jax.config import load_config_file
 from unimodal_jax.train.metrics import read_metrics
-from unimodal_jax.vq import codes, photos, vq_convert, vq_train, vqgan
+from unimodal_jax.data import photos
+from unimodal_jax.train import vq_loop
+from unimodal_jax.vq import codes, vq_convert, vqgan
 
 STEPS, DISC_START = 60, 50
 
@@ -19,7 +21,7 @@ def run(tmp_path_factory):
   config = load_config_file("configs/vq_tiny.py")
   config.vq_train.num_steps, config.vq_train.log_every, config.vq_train.disc_start = STEPS, 20, DISC_START
   config.vq_train.eval_every = 60
-  final = vq_train.train(config, workdir)
+  final = vq_loop.train(config, workdir)
   return config, workdir, final, read_metrics(os.path.join(workdir, "metrics.jsonl"))
 
 
@@ -42,12 +44,12 @@ def test_adversarial_loss_switches_on_at_disc_start(run):
 
 def test_dead_code_restart_replaces_only_unused_codes_with_encoder_outputs(run):
   config, workdir, _, _ = run
-  params, _ = vq_convert.load_tokenizer(os.path.join(workdir, vq_train.TOKENIZER_DIR))
+  params, _ = vq_convert.load_tokenizer(os.path.join(workdir, vq_loop.TOKENIZER_DIR))
   counts = np.zeros(config.vqgan.num_embeddings, np.int32)
   counts[::2] = 5  # odd codes are dead
   pixels = photos.PhotoCrops(config.vqgan.resolution, seed=1).batch(0, 4)
   moments = {"mu": jax.tree.map(np.ones_like, params), "count": np.int32(3)}  # optimizer state mirroring params
-  state, restarted = vq_train.make_restart(config)(
+  state, restarted = vq_loop.make_restart(config)(
       {"params": params, "restart_counts": counts, "opt_state": moments}, pixels, jax.random.key(0))
   mu = np.asarray(state["opt_state"]["mu"]["codebook"])
   assert not mu[1::2].any() and np.all(mu[::2] == 1)  # dead codes' moments zeroed, the others' kept
@@ -66,12 +68,12 @@ def test_dead_code_restart_replaces_only_unused_codes_with_encoder_outputs(run):
 def test_trained_tokenizer_is_the_image_tokenizer_for_vq_kind_vqgan(run):
   config, workdir, _, _ = run
   lm_config = load_config_file("configs/tiny.py")
-  lm_config.vq.kind, lm_config.vq.tokenizer_path = "vqgan", os.path.join(workdir, vq_train.TOKENIZER_DIR)
+  lm_config.vq.kind, lm_config.vq.tokenizer_path = "vqgan", os.path.join(workdir, vq_loop.TOKENIZER_DIR)
   images = photos.PhotoCrops(32, seed=2).batch(0, 3)
   with pytest.raises(ValueError, match="config.vq has"):
     codes.image_tokenizer(lm_config)  # configs/tiny.py's vq section is 32px / patch 8: not this tokenizer
   lm_config.vq.patch_size, lm_config.vq.num_codes = 4, 32
   got = codes.image_tokenizer(lm_config)(images)
-  _, want = vq_train.make_reconstruct(config)(vq_convert.load_tokenizer(lm_config.vq.tokenizer_path)[0], images)
+  _, want = vq_loop.make_reconstruct(config)(vq_convert.load_tokenizer(lm_config.vq.tokenizer_path)[0], images)
   assert got.shape == (3, 8, 8) and got.dtype == np.int32
   np.testing.assert_array_equal(got, np.asarray(want))

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from unimodal_jax.config import ConfigError, load_config_file
-from unimodal_jax.vq import vq_convert, vq_train, vqgan
+from unimodal_jax.train import vq_loop
+from unimodal_jax.vq import vq_convert, vqgan
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -148,7 +149,7 @@ def test_perceptual_loss_without_weights_is_a_config_error():
   config = load_config_file("configs/vq_tiny.py")
   config.vq_train.perceptual_weight = 0.1
   with pytest.raises(ConfigError, match="vq_train.perceptual_weights"):
-    vq_train.validate(config)
+    vq_loop.validate(config)
 
 
 def test_norm_groups_must_divide_channels():

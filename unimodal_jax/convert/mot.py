@@ -17,11 +17,12 @@ from unimodal_jax.convert import rope_layout
 from unimodal_jax.convert.hf_chameleon import (
     INDEX_FILE, ConversionError, _insert, _leaf_paths, _node, _read, _tensor_files, _write_json, write_shards)
 from unimodal_jax.data import vocab as vocab_lib
+from unimodal_jax.config import MOT_GROUPS
 from unimodal_jax.model import experts
+from unimodal_jax.model.checks import QK_NORMS
 
 ARCHITECTURE = "UnimodalMoTForCausalLM"
 EXPERT_SUFFIXES = ("", "_moe_gen")  # BAGEL: the understanding expert keeps Qwen2's names; generation adds _moe_gen
-QK_NORMS = ("none", "layernorm", "rmsnorm")
 ROPE_LAYOUTS = ("rotate_half", "interleaved")  # ours and transformers'; Meta's original code
 
 
@@ -43,7 +44,7 @@ class Tensor:
 
 
 def _group_tensors(m) -> dict:
-  """Per weight group (experts.GROUPS, plus 'shared'): (name template, our path, its shape, our shape, kind, stacked).
+  """Per weight group (MOT_GROUPS, plus 'shared'): (name template, our path, its shape, our shape, kind, stacked).
   `{x}` in a name is where the expert suffix goes."""
   e, h, kv, d, mlp, v = m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim, m.vocab_size
   layer = "model.layers.{i}."
@@ -76,8 +77,8 @@ def _group_tensors(m) -> dict:
 
 
 def untied_groups(m) -> tuple:
-  """The groups with one copy per expert, in experts.GROUPS order (none for a dense model)."""
-  return tuple(g for g in experts.GROUPS if m.num_experts > 1 and g in m.mot_untied)
+  """The groups with one copy per expert, in MOT_GROUPS order (none for a dense model)."""
+  return tuple(g for g in MOT_GROUPS if m.num_experts > 1 and g in m.mot_untied)
 
 
 def tensor_plan(m) -> list[Tensor]:
@@ -205,10 +206,10 @@ def model_overrides(config: dict) -> dict:
     raise ConversionError(f"config.json qk_norm={qk_norm!r}: expected one of {QK_NORMS}")
   if config.get("rope_layout", "rotate_half") not in ROPE_LAYOUTS:
     raise ConversionError(f"config.json rope_layout={config['rope_layout']!r}: expected one of {ROPE_LAYOUTS}")
-  unknown = set(untied) - set(experts.GROUPS)
+  unknown = set(untied) - set(MOT_GROUPS)
   if unknown or config["num_experts"] not in (1, len(EXPERT_SUFFIXES)):
     raise ConversionError(f"config.json num_experts={config['num_experts']}, mot_untied={list(untied)}: expected 1 "
-                          f"or {len(EXPERT_SUFFIXES)} experts and groups among {experts.GROUPS}")
+                          f"or {len(EXPERT_SUFFIXES)} experts and groups among {MOT_GROUPS}")
   return {"vocab_size": config["vocab_size"], "num_layers": config["num_hidden_layers"],
           "embed_dim": config["hidden_size"], "num_heads": config["num_attention_heads"],
           "num_kv_heads": config["num_key_value_heads"], "head_dim": config["head_dim"],
@@ -216,7 +217,7 @@ def model_overrides(config: dict) -> dict:
           "norm_order": "swin" if config.get("swin_norm") else "pre", "norm_eps": config["rms_norm_eps"],
           "rope_theta": float(config["rope_theta"]), "tie_embeddings": bool(config.get("tie_word_embeddings")),
           "num_experts": config["num_experts"],
-          "mot_untied": untied if config["num_experts"] > 1 else experts.GROUPS}
+          "mot_untied": untied if config["num_experts"] > 1 else MOT_GROUPS}
 
 
 def _interleaved_to_half(w, t: Tensor, m):

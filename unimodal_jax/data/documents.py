@@ -15,11 +15,11 @@ import flax.serialization
 import numpy as np
 from array_record.python import array_record_module
 
+from unimodal_jax.config import ARRAY_RECORD_WRITER_OPTIONS
 from unimodal_jax.data import vocab as vocab_lib
 
 FORMAT_VERSION = 2
 KINDS = ("text", "interleaved", "image_text_pair")
-WRITER_OPTIONS = "group_size:1"  # one record per chunk: cheap random access for global shuffling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +128,7 @@ class ShardWriter:
   """Writes documents round-robin over ArrayRecord files, in order; a context manager."""
 
   def __init__(self, paths: Sequence[str]):
-    self._writers = [array_record_module.ArrayRecordWriter(p, WRITER_OPTIONS) for p in paths]
+    self._writers = [array_record_module.ArrayRecordWriter(p, ARRAY_RECORD_WRITER_OPTIONS) for p in paths]
     self.count = 0
 
   def write(self, doc: Document) -> None:

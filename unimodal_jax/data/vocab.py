@@ -72,3 +72,8 @@ class Vocab:
 def from_config(config) -> Vocab:
   """The Vocab a run uses: text ids from `config.vocab.text_size`, image codes from the VQ codebook."""
   return Vocab(text_size=config.vocab.text_size, num_image_codes=config.vq.num_codes)
+
+
+def image_tokens_per_image(config) -> int:
+  """Stream length of one image: <boi> + codes + <eoi>."""
+  return (config.vq.image_size // config.vq.patch_size) ** 2 + 2

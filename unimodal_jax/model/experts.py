@@ -15,7 +15,6 @@ from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
 
 IMPLEMENTATIONS = ("grouped", "masked")
 _TILE = 128  # megablox tile (rows, contracting, output); other shapes use lax.ragged_dot
-GROUPS = ("attention", "qk_norm", "mlp", "block_norms", "final_norm")  # weight groups that can be untied
 
 
 @flax.struct.dataclass

@@ -34,7 +34,7 @@ def _dense_init(fan_in):
 
 
 def copies(config, group: str) -> int:
-  """How many copies of the weights in `group` (experts.GROUPS) the model holds: 1 = tied/dense."""
+  """How many copies of the weights in `group` (config.MOT_GROUPS) the model holds: 1 = tied/dense."""
   return config.num_experts if config.num_experts > 1 and group in config.mot_untied else 1
 
 

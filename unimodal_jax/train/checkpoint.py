@@ -1,5 +1,5 @@
-"""Orbax checkpoints of the train state, with the Grain iterator state and the run's config beside it (DESIGN
-section 7).
+"""Orbax checkpoints of a train state (the language model's and the VQGAN's), with the Grain iterator state and the
+run's config beside it (docs/design.md, "State and checkpoints").
 
 Saves are asynchronous; restore resumes exactly (same params, same next batch), falls back past checkpoints that
 cannot be read, and reshards onto whatever mesh the given state lives on.
@@ -19,9 +19,10 @@ class NoValidCheckpointError(RuntimeError):
 
 
 def make_manager(workdir: str, train_config) -> ocp.CheckpointManager:
+  """`train_config` is config.train or config.vq_train: keep_checkpoints and (optionally) keep_period."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=train_config.keep_checkpoints,
-      keep_period=train_config.keep_period or None, enable_async_checkpointing=True)
+      keep_period=train_config.get("keep_period", 0) or None, enable_async_checkpointing=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
@@ -29,30 +30,35 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_iterator, config, *, force: bool = False):
-  """Start saving `state` at `step` (given by the host so as not to wait on the device) if it is a multiple of
-  train.checkpoint_every, or if forced. (Orbax alone would also save the first step of a run.)
+def save(manager: ocp.CheckpointManager, step: int, state, config, *, every: int, data_iterator=None,
+         force: bool = False, host_copy: bool = False):
+  """Start saving `state` (and the data iterator's position, and `config`) at `step` (given by the host so as not to
+  wait on the device) if it is a multiple of `every`, or if forced. (Orbax alone would also save a run's first step.)
 
-  Returns the seconds the caller was blocked (the device-to-host copy; writing continues in the background),
-  or None when no save was due.
+  `host_copy` saves from a host copy: for a replicated state, orbax's replica slicing of device arrays would compile
+  one slice program per array shape. Returns the seconds the caller was blocked (the device-to-host copy; writing
+  continues in the background), or None when no save was due.
   """
-  if not force and step % config.train.checkpoint_every:
+  if not force and step % every:
     return None
   t0 = time.perf_counter()
-  started = manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-      config=ocp.args.JsonSave(json.loads(config.to_json_best_effort()))), force=True)
+  items = {"state": ocp.args.StandardSave(jax.device_get(state) if host_copy else state),
+           "config": ocp.args.JsonSave(json.loads(config.to_json_best_effort()))}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+  started = manager.save(step, args=ocp.args.Composite(**items), force=True)
   return time.perf_counter() - t0 if started else None
 
 
 def _restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iterator)))
-  return restored.state
+  items = {"state": ocp.args.StandardRestore(abstract)}
+  if data_iterator is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  return manager.restore(step, args=ocp.args.Composite(**items)).state
 
 
-def restore_latest(manager: ocp.CheckpointManager, state, data_iterator):
+def restore_latest(manager: ocp.CheckpointManager, state, data_iterator=None):
   """Restore the newest readable checkpoint into the shapes/shardings of `state` and into `data_iterator`.
 
   A checkpoint that fails to restore (truncated, corrupted) is skipped with a warning naming its step, and the

@@ -18,6 +18,7 @@ from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import checkpoint, evaluate, metrics as metrics_lib, preemption as preemption_lib
 from unimodal_jax.train import state as state_lib, step as step_lib
+from unimodal_jax.train import validate as validate_lib
 
 
 def data_paths(config, workdir: str) -> tuple[list[str] | None, list[str]]:
@@ -127,7 +128,7 @@ def train(config, workdir: str) -> dict:
 
   On SIGTERM (any host) it saves at the next step boundary every process agrees on and returns early.
   """
-  config_lib.validate(config, jax.device_count(), jax.process_count())
+  validate_lib.validate(config, jax.device_count(), jax.process_count())
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -182,16 +183,17 @@ def train(config, workdir: str) -> dict:
           print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
           pending, extra, t0 = [], {}, time.perf_counter()
         if preemption.reached(done):
-          checkpoint.save(manager, done, state, data_iter, config, force=True)
+          checkpoint.save(manager, done, state, config, every=t.checkpoint_every, data_iterator=data_iter, force=True)
           print(f"Preempted: saved step {done}, exiting.", flush=True)
           break
-        blocked = checkpoint.save(manager, done, state, data_iter, config)
+        blocked = checkpoint.save(manager, done, state, config, every=t.checkpoint_every, data_iterator=data_iter)
         if blocked is not None:
           extra["checkpoint_save_blocking_s"] = blocked
       else:
         check_finite(int(jax.device_get(previous["nonfinite_streak"])) if previous else 0, t.num_steps, config)
         if manager.latest_step() != t.num_steps:
-          checkpoint.save(manager, t.num_steps, state, data_iter, config, force=True)
+          checkpoint.save(manager, t.num_steps, state, config, every=t.checkpoint_every, data_iterator=data_iter,
+                          force=True)
   finally:  # a halt (NonFiniteError) or a failing step still lets the checkpoint being written finish
     preemption.close()
     manager.wait_until_finished()

@@ -17,10 +17,10 @@ from array_record.python import array_record_module
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from unimodal_jax.config import ARRAY_RECORD_WRITER_OPTIONS
 from unimodal_jax.vq import images as images_lib
 from unimodal_jax.vq import vq_convert, vqgan
 
-WRITER_OPTIONS = "group_size:1"
 STATS_SUFFIX = ".stats.json"
 
 
@@ -99,7 +99,7 @@ def _tokenize_shard(source, indices, encode, resolution, min_size, max_pixels):
 
 def _write_atomic(path: str, records) -> None:
   tmp = _tmp(path)
-  writer = array_record_module.ArrayRecordWriter(tmp, WRITER_OPTIONS)
+  writer = array_record_module.ArrayRecordWriter(tmp, ARRAY_RECORD_WRITER_OPTIONS)
   for r in records:
     writer.write(r)
   writer.close()

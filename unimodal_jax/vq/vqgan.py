@@ -1,7 +1,7 @@
 """The VQGAN image tokenizer (Make-A-Scene / taming layout, as Chameleon's): encoder, quantizer, decoder.
 
 Modules mirror transformers' `ChameleonVQVAE` (encoder, quantizer) and taming's `Decoder` name for name, NHWC.
-Images are float [-1, 1]; losses and training live in `vq_train.py`, not here.
+Images are float [-1, 1]; losses and training live in `train/vq_loop.py`, not here.
 """
 import flax.linen as nn
 import jax

@@ -1,9 +1,11 @@
 """`unimodal-tokenize` command line: flags -> `vq/tokenize.py`'s `tokenize` (flags live here so the library can be
 imported beside other command-line modules)."""
 import json
+import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from unimodal_jax.cli import common
 from unimodal_jax.vq import images as images_lib
 from unimodal_jax.vq.tokenize import tokenize
 
@@ -33,20 +35,16 @@ def _source():
   return images_lib.TfdsSource(name, split or "train", _TFDS_DIR.value, _IMAGE_KEY.value)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main():
   if not (_TOKENIZER.value and _OUT.value):
     raise app.UsageError("--tokenizer and --out_dir are required")
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
   totals = tokenize(_source(), _TOKENIZER.value, _OUT.value, shard_size=_SHARD_SIZE.value, batch_size=_BATCH.value,
                     min_size=_MIN_SIZE.value, max_pixels=_MAX_PIXELS.value)
   print(json.dumps(totals), flush=True)
 
 
 def run():
-  app.run(main)
+  common.run(sys.modules[__name__], main)
 
 
 if __name__ == "__main__":

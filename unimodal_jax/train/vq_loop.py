@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from unimodal_jax.config import ConfigError
+from unimodal_jax.data import photos
 from unimodal_jax.parallel import mesh as mesh_lib
+from unimodal_jax.train import checkpoint
 from unimodal_jax.train.metrics import MetricsWriter
-from unimodal_jax.vq import perceptual, photos, vq_convert, vqgan
+from unimodal_jax.vq import perceptual, vq_convert, vqgan
 
 TOKENIZER_DIR = "tokenizer"  # under the workdir: the exported tokenizer (vq_convert.save_tokenizer)
 
@@ -255,8 +256,8 @@ def train(config, workdir: str) -> dict:
   batch_sharding = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
   lpips_weights = perceptual.load_weights(t.perceptual_weights) if t.perceptual_weight > 0 else None
   state = jax.jit(functools.partial(init_state, config), out_shardings=replicated)(jax.random.key(config.seed))
-  manager = make_manager(workdir, t)
-  state = restore_latest(manager, state)
+  manager = checkpoint.make_manager(workdir, t)
+  state = checkpoint.restore_latest(manager, state)
   data = photos.PhotoCrops(m.resolution, config.seed)
   local_batch = t.batch_size // jax.process_count()
   step_fn, restart_fn = make_train_step(config, lpips_weights), make_restart(config)
@@ -284,7 +285,8 @@ def train(config, workdir: str) -> dict:
         logged.update(evaluate(reconstruct, state["params"], eval_pixels))
       writer.write(host_step, logged)
       log_counts[:], tick, start = 0, time.time(), host_step
-    save(manager, host_step, state, force=host_step == t.num_steps)
+    checkpoint.save(manager, host_step, state, config, every=t.checkpoint_every, force=host_step == t.num_steps,
+                    host_copy=True)
   manager.wait_until_finished()
   final = evaluate(reconstruct, state["params"], eval_pixels)
   writer.write(t.num_steps, final)
@@ -297,26 +299,3 @@ def train(config, workdir: str) -> dict:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(final, f, indent=1)
   return final
-
-
-def make_manager(workdir: str, t) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(save_interval_steps=t.checkpoint_every, max_to_keep=t.keep_checkpoints,
-                                         enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"), options=options)
-
-
-def save(manager, step: int, state, *, force: bool = False) -> bool:
-  """Save if due (or forced). The state is replicated: saved from host copies, as orbax's replica slicing of
-  device arrays compiles one slice per array and step shape."""
-  if not (force or manager.should_save(step)):
-    return False
-  state = jax.device_get(state)
-  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
-
-
-def restore_latest(manager, state):
-  step = manager.latest_step()
-  if step is None:
-    return state
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state

@@ -9,7 +9,8 @@ import jax
 from unimodal_jax import config as config_lib
 from unimodal_jax.model import flops as flops_lib
 from unimodal_jax.parallel import mesh as mesh_lib
-from unimodal_jax.train import aot
+from unimodal_jax.plan import aot
+from unimodal_jax.train import validate as validate_lib
 
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # how the TPU compiler says a program does not fit in HBM
 
@@ -83,7 +84,7 @@ def flops_per_chip(config, devices) -> float:
   gradient accumulation, whose microbatch loop XLA would also count once: accumulating changes only a few
   gradient additions per parameter, not the forward/backward or the optimizer work of the whole batch.
   """
-  data, fsdp, _ = config_lib.validate(config, len(devices))
+  data, fsdp, _ = validate_lib.validate(config, len(devices))
 
   def flops(num_layers: int, rows: int) -> float:
     variant = with_overrides(config, model={"num_layers": num_layers},
@@ -122,7 +123,7 @@ def model_flops(config) -> float:
 
 def make_plan(config, devices, hbm_bytes: int, with_flops: bool = True) -> Plan:
   """Validate `config` for len(devices), compile its train step and measure it. Raises ConfigError."""
-  mesh = config_lib.validate(config, len(devices))
+  mesh = validate_lib.validate(config, len(devices))
   memory, error = _unless_out_of_memory(lambda: memory_per_chip(compile_train_step(config, devices)))
   flops = _unless_out_of_memory(lambda: flops_per_chip(config, devices))[0] if with_flops else None
   return Plan(mesh=mesh, hbm_bytes=hbm_bytes, memory=memory, error=error, flops_per_chip=flops)
@@ -148,7 +149,7 @@ def mesh_shapes(config, num_devices: int) -> list[tuple[int, int, int]]:
       if data * fsdp * tensor != per_slice:
         continue
       try:
-        config_lib.validate(with_overrides(config, mesh={"data": data, "fsdp": fsdp, "tensor": tensor}),
+        validate_lib.validate(with_overrides(config, mesh={"data": data, "fsdp": fsdp, "tensor": tensor}),
                             num_devices)
       except config_lib.ConfigError:
         continue

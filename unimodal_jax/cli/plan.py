@@ -10,11 +10,13 @@ import math
 import sys
 
 import jax
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from unimodal_jax.config import ConfigError
-from unimodal_jax.parallel import mesh as mesh_lib, plan as plan_lib, topology as topology_lib
+from unimodal_jax.cli import common
+from unimodal_jax.parallel import mesh as mesh_lib
+from unimodal_jax.plan import planner as plan_lib, topology as topology_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: an accelerator type (v5p-256, v5e-8, v6e-256) or "
@@ -98,9 +100,7 @@ def sweep(config, devices, topology) -> bool:
   return any_fits
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main():
   # Plans compile for the named topology and run nothing here: leave this host's accelerators (a TPU VM's
   # chips may be training) and libtpu's lock alone.
   jax.config.update("jax_platforms", "cpu")
@@ -126,7 +126,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(sys.modules[__name__], main)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """`unimodal-make-shards` command line: flags -> `data/make_shards.py` (flags live here so the library can be
 imported beside other command-line modules)."""
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
+from unimodal_jax.cli import common
 from unimodal_jax.data.make_shards import folder_entries, folder_images, jsonl_entries, make_shards
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py: vocab and vq settings of the run.")
@@ -15,9 +18,7 @@ _PREFIX = flags.DEFINE_string("prefix", "train", "Shard file name prefix.")
 _BATCH = flags.DEFINE_integer("images_per_batch", 64, "Images tokenized per call of the image tokenizer.")
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+def main():
   if (_JSONL.value is None) == (_IMAGE_FOLDER.value is None):
     raise app.UsageError("give exactly one of --jsonl and --image_folder")
   if _JSONL.value:
@@ -34,4 +35,4 @@ def main(argv):
 
 def run():
   flags.mark_flags_as_required(["config", "text_tokenizer", "out_dir"])
-  app.run(main)
+  common.run(sys.modules[__name__], main)

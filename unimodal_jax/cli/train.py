@@ -5,10 +5,13 @@
 Multi-process: every process runs the same command plus --coordinator_address (process 0's host:port),
 --num_processes and --process_id (see launch/local_multihost.py); on TPU VMs, --distributed=auto.
 """
+import sys
+
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from unimodal_jax.cli import common
 from unimodal_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -37,11 +40,7 @@ def initialize_distributed():
                                process_id=_PROCESS_ID.value, heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
-    logging.set_verbosity(logging.WARNING)
+def main():
   initialize_distributed()
   loop.train(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
@@ -49,7 +48,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(sys.modules[__name__], main)
 
 
 if __name__ == "__main__":

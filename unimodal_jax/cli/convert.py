@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from unimodal_jax import config as config_lib
+from unimodal_jax.cli import common
 from unimodal_jax.convert import checkpoint, hf_chameleon, hf_vq, mot, parity, vocab_map
 from unimodal_jax.data import vocab as vocab_lib
 
@@ -144,19 +145,17 @@ def from_torch():
   return model_config, vocab, lambda: params, torch_dir
 
 
-def main(argv):
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise app.UsageError(f"usage: unimodal-convert {{{','.join(COMMANDS)}}} --flags (got {argv[1:]})")
-  if not flags.FLAGS["verbosity"].present:  # orbax warns that a step's state/ has no metadata of its own (a
-    logging.set_verbosity(logging.ERROR)     # run keeps it one level up); --verbosity=0 brings warnings back
+def main(args):
+  if len(args) != 1 or args[0] not in COMMANDS:
+    raise app.UsageError(f"usage: unimodal-convert {{{','.join(COMMANDS)}}} --flags (got {args})")
   start = time.perf_counter()
-  command = {"to-hf": to_hf, "from-hf": from_hf, "to-torch": to_torch, "from-torch": from_torch}[argv[1]]
+  command = {"to-hf": to_hf, "from-hf": from_hf, "to-torch": to_torch, "from-torch": from_torch}[args[0]]
   model_config, vocab, load_params, hf_dir = command()
-  print(f"{argv[1]}: {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
+  print(f"{args[0]}: {time.perf_counter() - start:.1f} s, peak RSS {peak_rss_mib():.0f} MiB")
   if _SELF_CHECK.value:
     from transformers.utils import logging as transformers_logging  # the torch extra: only the self-check needs it
     transformers_logging.set_verbosity_error()  # its load report lists VQ weights an export without --vq_tokenizer lacks
-    if argv[1].endswith("torch"):
+    if args[0].endswith("torch"):
       error, reference = parity.max_relative_error_torch(hf_dir, load_params(), model_config, vocab), "torch_mot"
     else:
       error, reference = parity.max_relative_error(hf_dir, load_params(), model_config, vocab), "transformers"
@@ -167,7 +166,8 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  # orbax warns that a step's state/ has no metadata of its own (a run keeps it one level up)
+  common.run(sys.modules[__name__], main, max_positional=1, verbosity=logging.ERROR)
 
 
 if __name__ == "__main__":

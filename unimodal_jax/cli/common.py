@@ -1,0 +1,43 @@
+"""What every `unimodal-<command>` shares: `--help` that prints the command's own flags and exits 0, one positional
+argument check, absl logging at WARNING unless `--verbosity` is given, usage errors as one line naming the command."""
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
+
+
+def command_help(module) -> str:
+  """The command's docstring and its own flags with their help text (not JAX's or absl's)."""
+  # run as `python -m`, absl files the module's flags under sys.argv[0]
+  own = flags.FLAGS.get_flags_for_module(module.__name__) or flags.FLAGS.get_flags_for_module(sys.argv[0])
+  lines = [(module.__doc__ or "").strip(), "", "flags:"]
+  for flag in sorted(own, key=lambda f: f.name):
+    default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+    lines.append(f"  --{flag.name}: {flag.help}{default}")
+  lines.append("\nAlso: --verbosity=N (absl logging; default: warnings only) and --helpfull (every flag).")
+  return "\n".join(lines)
+
+
+def run(module, main: Callable[..., None], max_positional: int = 0, verbosity: int = logging.WARNING) -> None:
+  """Run `main()` (or `main(positional_args)` when `max_positional` > 0) as the console script `module` defines;
+  `main` reads the module's flags. absl logs at `verbosity` unless --verbosity is given."""
+  command = os.path.basename(sys.argv[0])
+  if any(arg in HELP_FLAGS for arg in sys.argv[1:]):
+    print(command_help(module))
+    sys.exit(0)
+
+  def absl_main(argv):
+    if len(argv) - 1 > max_positional:
+      raise app.UsageError(f"unexpected arguments: {argv[1 + max_positional:]}")
+    if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
+      logging.set_verbosity(verbosity)
+    try:
+      main(argv[1:]) if max_positional else main()
+    except app.UsageError as e:
+      print(f"{command}: {e}\nTry `{command} --help`.", file=sys.stderr)
+      sys.exit(2)
+
+  app.run(absl_main)

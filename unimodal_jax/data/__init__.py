@@ -1,0 +1,1 @@
+"""Image data records, tokenizers and the Grain pipeline that packs documents into training rows."""
