@@ -15,12 +15,12 @@ setup(
         "orbax-checkpoint>=0.12.8,<0.13",
         "grain>=0.2.18,<0.3",
         "array-record>=0.8.6,<0.9",
-        "tensorflow-datasets>=4.9.10,<5",
         "ml-collections>=1.1.0,<2",
         "numpy>=2.0,<3",
         "absl-py>=2.1,<3",
         "tokenizers>=0.22,<0.24",
         "scikit-image>=0.25,<0.27",
+        "pillow>=10,<14",
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.9,<4",
         "tqdm>=4.66,<5",
@@ -30,6 +30,8 @@ setup(
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7"],
         # Install torch==2.13.0 first (CPU build from local disk); this range then adds nothing.
         "torch": ["torch>=2.9,<2.15", "transformers>=5.0,<6", "safetensors>=0.5,<1"],
+        # TFDS data and image sources (data.sources kind='tfds', unimodal-tokenize --tfds); no TensorFlow needed.
+        "tfds": ["tensorflow-datasets>=4.9.10,<5"],
         # libtpu matching the installed jax: ahead-of-time compilation for TPU topologies on any host.
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],
     },

@@ -25,7 +25,8 @@ from unimodal_jax.config import load_config_file
 from unimodal_jax.convert import checkpoint
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.train import state as state_lib
-from unimodal_jax.vq import vq_convert, vqgan
+from unimodal_jax.vq import vqgan
+from unimodal_jax.vq import weights as vq_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "chameleon_7b.py")
@@ -53,7 +54,7 @@ def write_random_tokenizer(out_dir: str) -> int:
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape, dtype=np.float32), shapes)
-  vq_convert.save_tokenizer(params, config, out_dir)
+  vq_weights.save_tokenizer(params, config, out_dir)
   return sum(x.size for x in jax.tree.leaves(params))
 
 

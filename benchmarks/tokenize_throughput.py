@@ -19,7 +19,8 @@ from PIL import Image
 
 from unimodal_jax.config import load_config_file
 from unimodal_jax.vq import images as images_lib
-from unimodal_jax.vq import tokenize, vq_convert, vqgan
+from unimodal_jax.vq import tokenize, vqgan
+from unimodal_jax.vq import weights as vq_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +46,7 @@ def encoder_rate(config, params, batch_size, num_images) -> tuple[float, float]:
 def end_to_end_rate(config, params, batch_size, num_images, workdir) -> float:
   """images/s of tokenize.tokenize over a folder of 2x-resolution JPEGs (compile excluded: a warm-up run first)."""
   tok_dir, src = os.path.join(workdir, "tok"), os.path.join(workdir, "images")
-  vq_convert.save_tokenizer(params, config, tok_dir)
+  vq_weights.save_tokenizer(params, config, tok_dir)
   os.makedirs(src, exist_ok=True)
   rng = np.random.default_rng(1)
   side = 2 * config.resolution

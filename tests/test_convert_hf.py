@@ -14,16 +14,18 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
-from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
 import batches
 from unimodal_jax import config as config_lib
-from unimodal_jax.convert import checkpoint, hf_chameleon, vocab_map
+from unimodal_jax.convert import checkpoint, hf_chameleon, tensors, vocab_map
 from unimodal_jax.data.vocab import BOS_ID, EOS_ID, PAD_ID, from_config
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.train import checkpoint as train_checkpoint, state as state_lib
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+ChameleonConfig = pytest.importorskip("transformers").ChameleonConfig
+ChameleonForConditionalGeneration = pytest.importorskip("transformers").ChameleonForConditionalGeneration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_LEN = 48
@@ -83,7 +85,7 @@ def assert_same_logits(ours, theirs_in_our_order):
 def assert_parity(params, m, vocab, hf_dir):
   """Our logits equal those of transformers' model loaded from `hf_dir`, whose ids `hf_dir`'s layout gives."""
   hf_model = ChameleonForConditionalGeneration.from_pretrained(hf_dir).eval()
-  config = hf_chameleon.read_config(hf_dir)
+  config = tensors.read_config(hf_dir)
   hf_id_of, hf_vocab = vocab_map.permutation(vocab_map.layout_from_config(config))
   assert hf_vocab == vocab
   vmap = config["vocabulary_map"]  # our <pad>, <bos>, <eos>, <boi>, <eoi> are its pad, bos, eos, break, eoss
@@ -215,7 +217,7 @@ def test_imported_transformers_model_matches_its_logits(tmp_path, case):
 def test_hf_jax_hf_round_trip_keeps_transformers_ids(tmp_path):
   save_transformers_model(tmp_path / "hf", **IMPORT_CASES["untied"])
   params, overrides, vocab = hf_chameleon.from_hf(str(tmp_path / "hf"))
-  original = hf_chameleon.read_config(str(tmp_path / "hf"))
+  original = tensors.read_config(str(tmp_path / "hf"))
   layout = vocab_map.layout_from_config(original)
   config = hf_chameleon.to_hf(params, model_config(**overrides), vocab, str(tmp_path / "out"), layout=layout,
                               vq_config=original["vq_config"])
@@ -259,7 +261,7 @@ def test_bad_checkpoint_is_refused_naming_the_tensor(tmp_path, case):
 
 def test_unknown_architecture_is_refused_naming_the_key(tmp_path):
   save_transformers_model(tmp_path, tie=False, attention_bias=False, swin=False)
-  config = hf_chameleon.read_config(str(tmp_path))
+  config = tensors.read_config(str(tmp_path))
   config["architectures"] = ["LlamaForCausalLM"]
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(hf_chameleon.ConversionError, match="architectures.*LlamaForCausalLM"):

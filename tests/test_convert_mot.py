@@ -12,17 +12,19 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
 
 import batches
 from test_convert_hf import random_params  # every leaf random: each MoT expert gets its own
 from unimodal_jax import config as config_lib
-from unimodal_jax.convert import checkpoint, mot, rope_layout, torch_mot
+from unimodal_jax.convert import checkpoint, mot, rope_layout, tensors
 from unimodal_jax.convert.hf_chameleon import ConversionError
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.train import checkpoint as train_checkpoint
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+from unimodal_jax.convert import torch_mot  # noqa: E402  (needs torch)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEQ_LEN = 96
@@ -100,7 +102,7 @@ def test_tensor_names_follow_bagel(tmp_path):
   assert layer0 == attention | mlp | shared
   assert names - {n for n in names if n.startswith("model.layers.")} == {
       "model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"}
-  config = mot.read_config(str(tmp_path))
+  config = tensors.read_config(str(tmp_path))
   assert config["expert_suffixes"] == ["", "_moe_gen"] and config["mot_untied"] == ["attention", "mlp"]
 
 
@@ -161,7 +163,7 @@ def test_bad_checkpoint_is_refused_naming_the_tensor(tmp_path, case):
 def test_unknown_architecture_is_refused_naming_the_key(tmp_path):
   m = model_config("all_untied_gqa")
   mot.to_torch(random_params(m), m, from_config(load_config()), str(tmp_path))
-  config = mot.read_config(str(tmp_path))
+  config = tensors.read_config(str(tmp_path))
   config["architectures"] = ["Qwen2ForCausalLM"]
   (tmp_path / "config.json").write_text(json.dumps(config))
   with pytest.raises(ConversionError, match="architectures.*Qwen2ForCausalLM"):
@@ -198,7 +200,7 @@ def test_interleaved_rope_checkpoint_imports_to_the_same_logits(tmp_path):
   batch = packed_batch(vocab, seed=2)
   theirs = reference_logits(str(tmp_path), batch)
   assert relative_error(our_logits(params, case, batch), theirs) < 1e-5
-  config = mot.read_config(str(tmp_path))
+  config = tensors.read_config(str(tmp_path))
   (tmp_path / "config.json").write_text(json.dumps({**config, "rope_layout": "rotate_half"}))
   unpermuted, _, _ = mot.from_torch(str(tmp_path))  # without the permutation the logits differ
   assert relative_error(our_logits(unpermuted, case, batch), theirs) > 1e-2

@@ -7,14 +7,17 @@ import os
 import jax
 import numpy as np
 import pytest
-import torch
 from safetensors.numpy import load_file, save_file
-from transformers import ChameleonForConditionalGeneration
 
 from unimodal_jax import config as config_lib
-from unimodal_jax.convert import hf_chameleon, hf_vq
+from unimodal_jax.convert import hf_chameleon, hf_vq, tensors
 from unimodal_jax.data.vocab import from_config
-from unimodal_jax.vq import vq_convert, vqgan
+from unimodal_jax.vq import vqgan
+from unimodal_jax.vq import weights as vq_weights
+
+torch = pytest.importorskip("torch", reason="the torch extra is not installed")
+ChameleonForConditionalGeneration = pytest.importorskip(
+    "transformers", reason="the torch extra is not installed").ChameleonForConditionalGeneration
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,7 +47,7 @@ _ENCODERS = {}  # one compile per VQGAN config: each costs seconds on 2 cores
 
 def encode(params, config, pixels_nhwc):
   """Our encoder: (latents, codes) of NHWC pixels."""
-  key = json.dumps(vq_convert.config_to_json(config), sort_keys=True)
+  key = json.dumps(vq_weights.config_to_json(config), sort_keys=True)
   if key not in _ENCODERS:
     _ENCODERS[key] = jax.jit(lambda p, x: vqgan.VQGAN(config).apply({"params": p}, x, method=vqgan.VQGAN.encode))
   return _ENCODERS[key](params, pixels_nhwc)
@@ -71,7 +74,7 @@ def exported(tmp_path_factory):
   pixels = np.random.default_rng(1).uniform(-1, 1, (4, 32, 32, 3)).astype(np.float32)
   params = random_tokenizer(vq, pixels)
   root = tmp_path_factory.mktemp("vq")
-  vq_convert.save_tokenizer(params, vq, str(root / "tokenizer"))
+  vq_weights.save_tokenizer(params, vq, str(root / "tokenizer"))
   config = hf_chameleon.to_hf(random_lm_params(c.model), c.model, from_config(c), str(root / "hf"),
                               vq_tokenizer_dir=str(root / "tokenizer"))
   assert config["vq_config"]["num_embeddings"] == 64
@@ -96,12 +99,12 @@ def test_transformers_loads_our_encoder_and_gives_our_codes_and_image_ids(export
 
 def test_export_import_round_trip_of_the_full_tokenizer_is_bit_exact(exported, tmp_path):
   _, vq, params, _, hf_dir = exported
-  index = json.load(open(os.path.join(hf_dir, hf_chameleon.INDEX_FILE)))
+  index = json.load(open(os.path.join(hf_dir, tensors.INDEX_FILE)))
   assert index["weight_map"]["model.vqmodel.quantize.embedding.weight"] == hf_vq.VQ_SHARD
   assert not any(name.startswith("decoder.") for name in index["weight_map"])
   assert "decoder.up.0.block.1.conv1.weight" in load_file(os.path.join(hf_dir, hf_vq.DECODER_FILE))
   hf_chameleon.from_hf(hf_dir, vq_out=str(tmp_path / "tok"))
-  loaded, loaded_config = vq_convert.load_tokenizer(str(tmp_path / "tok"))
+  loaded, loaded_config = vq_weights.load_tokenizer(str(tmp_path / "tok"))
   assert loaded_config == vq
   flat, loaded_flat = (jax.tree_util.tree_leaves_with_path(p) for p in (params, loaded))
   assert [k for k, _ in flat] == [k for k, _ in loaded_flat]
@@ -124,7 +127,7 @@ def test_a_directory_transformers_saved_imports_encoder_only_and_says_so(exporte
   assert not hf_vq.has_decoder(str(tmp_path / "hf"))
   with pytest.warns(UserWarning, match="decoder weights are zeros"):
     hf_chameleon.from_hf(str(tmp_path / "hf"), vq_out=str(tmp_path / "tok"))
-  loaded, loaded_config = vq_convert.load_tokenizer(str(tmp_path / "tok"))
+  loaded, loaded_config = vq_weights.load_tokenizer(str(tmp_path / "tok"))
   assert loaded_config.norm_groups == 32 and loaded_config.beta == 0.25  # vq_config lacks beta: the default
   assert {k: v for k, v in loaded_config.items() if k != "beta"} == {k: v for k, v in vq.items() if k != "beta"}
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(loaded)):
@@ -175,7 +178,7 @@ def test_tokenizer_transformers_cannot_build_is_refused_before_writing(tmp_path)
   vq = vqgan.model_config(resolution=32, base_channels=8, channel_multiplier=(1, 1, 2, 2), num_res_blocks=1,
                           latent_channels=8, embed_dim=8, num_embeddings=64, norm_groups=4)
   shapes = jax.eval_shape(lambda: vqgan.init_params(vq, jax.random.key(0)))
-  vq_convert.save_tokenizer(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes), vq, str(tmp_path / "tok"))
+  vq_weights.save_tokenizer(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes), vq, str(tmp_path / "tok"))
   with pytest.raises(hf_chameleon.ConversionError, match="vqgan.norm_groups=4"):
     hf_chameleon.to_hf(random_lm_params(c.model), c.model, from_config(c), str(tmp_path / "hf"),
                        vq_tokenizer_dir=str(tmp_path / "tok"))
@@ -190,7 +193,7 @@ def test_cli_carries_the_tokenizer_both_ways(exported, tmp_path):
   c, vq, params, _, hf_dir = exported
   with ocp.StandardCheckpointer() as saver:
     saver.save(str(tmp_path / "run" / "3" / "state"), {"step": 3, "params": random_lm_params(c.model)})
-  vq_convert.save_tokenizer(params, vq, str(tmp_path / "tokenizer"))
+  vq_weights.save_tokenizer(params, vq, str(tmp_path / "tokenizer"))
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   cli = [sys.executable, "-m", "unimodal_jax.cli.convert"]
   commands = [
@@ -203,6 +206,6 @@ def test_cli_carries_the_tokenizer_both_ways(exported, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     outputs.append(out.stdout)
   assert hf_vq.VQ_SHARD in outputs[0] and "encoder, quantizer and decoder" in outputs[1]
-  loaded, _ = vq_convert.load_tokenizer(str(tmp_path / "tok"))
+  loaded, _ = vq_weights.load_tokenizer(str(tmp_path / "tok"))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
     assert np.asarray(a).tobytes() == np.asarray(b).tobytes()

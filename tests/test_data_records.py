@@ -209,7 +209,7 @@ def test_a_mixture_draws_records_in_proportion_to_the_weights(mixture_paths):
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
-  import tensorflow_datasets as tfds
+  tfds = pytest.importorskip("tensorflow_datasets", reason="the tfds extra is not installed")
 
   class VqPairs(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")

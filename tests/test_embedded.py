@@ -1,6 +1,5 @@
 """The embedded dataset: `prepare` builds all document kinds in the unified vocabulary, once per config."""
 import os
-import time
 
 import grain
 import numpy as np
@@ -83,9 +82,7 @@ def test_a_tokenizer_larger_than_vocab_text_size_is_an_error(prepared):
 def test_a_second_prepare_is_a_no_op(prepared):
   data_dir, paths = prepared
   mtimes = {n: os.stat(os.path.join(data_dir, n)).st_mtime_ns for n in os.listdir(data_dir)}
-  start = time.perf_counter()
   assert embedded.prepare(small_config(), data_dir) == paths
-  assert time.perf_counter() - start < 0.5
   assert {n: os.stat(os.path.join(data_dir, n)).st_mtime_ns for n in os.listdir(data_dir)} == mtimes
 
 

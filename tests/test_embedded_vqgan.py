@@ -10,7 +10,8 @@ from safetensors.numpy import load_file, save_file
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.data import documents, embedded
-from unimodal_jax.vq import codes, vq_convert, vqgan
+from unimodal_jax.vq import codes, vqgan
+from unimodal_jax.vq import weights as vq_weights
 from unimodal_jax.train import validate as validate_lib
 
 
@@ -38,7 +39,7 @@ def prepared(tmp_path_factory, photos):
 @pytest.fixture(scope="module")
 def direct_encode():
   """The reference: the saved VQGAN's encoder on all given images in one jitted call (no batching or padding)."""
-  params, model = vq_convert.load_tokenizer(codes.PHOTOS_TOKENIZER)
+  params, model = vq_weights.load_tokenizer(codes.PHOTOS_TOKENIZER)
   encode = jax.jit(lambda p, x: vqgan.VQGAN(model).apply({"params": p}, vqgan.from_pixels(x),
                                                          method=vqgan.VQGAN.encode)[1])
   return lambda images: np.asarray(encode(params, images))

@@ -175,6 +175,7 @@ def test_grouped_mot_has_dense_flops_on_tpu(mesh):
   """AOT-compiled for 8 TPU v5e chips (libtpu, no TPU): the grouped MoT train step costs the dense
   model's FLOPs (within 10%), also with FSDP and tensor parallelism; the masked oracle, which runs both
   experts on every token, does not."""
+  pytest.importorskip("libtpu", reason="the tpu extra is not installed")
   from unimodal_jax.plan import aot, topology
   devices = topology.tpu_devices("v5e-8")
 

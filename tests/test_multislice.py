@@ -12,6 +12,7 @@ from unimodal_jax.train import validate as validate_lib
 
 @pytest.fixture(scope="module")
 def two_slices():
+  pytest.importorskip("libtpu", reason="the tpu extra is not installed")
   return topology.tpu_devices("v5e-8", num_slices=2)
 
 

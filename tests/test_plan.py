@@ -99,7 +99,7 @@ def test_splash_attention_compiles_inside_the_train_step(devices):
 
 def run_cli(*flags):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(REPO, "tools", "plan.py"),
+  return subprocess.run([sys.executable, "-m", "unimodal_jax.cli.plan",
                          f"--config={os.path.join(REPO, 'configs', 'tiny.py')}", "--topology=v5e-8", *flags],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from unimodal_jax.vq import images as images_lib
-from unimodal_jax.vq import tokenize, vq_convert, vqgan
+from unimodal_jax.vq import tokenize, vqgan
+from unimodal_jax.vq import weights as vq_weights
 
 RESOLUTION = 16
 
@@ -26,12 +27,12 @@ def tokenizer_dir(tmp_path_factory):
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(np.float32), shapes)
   out = str(tmp_path_factory.mktemp("tokenizer"))
-  vq_convert.save_tokenizer(params, config, out)
+  vq_weights.save_tokenizer(params, config, out)
   return out
 
 
 def _reference_codes(tokenizer_dir, pixels):
-  params, config = vq_convert.load_tokenizer(tokenizer_dir)
+  params, config = vq_weights.load_tokenizer(tokenizer_dir)
   encode = jax.jit(lambda p, x: vqgan.VQGAN(config).apply({"params": p}, vqgan.from_pixels(x),
                                                         method=vqgan.VQGAN.encode)[1])
   return np.asarray(encode(params, pixels))
@@ -126,7 +127,7 @@ def test_array_record_of_encoded_images_tokenizes_like_the_folder(tmp_path, toke
 
 
 def test_tfds_dataset_of_uint8_images(tmp_path, tokenizer_dir):
-  import tensorflow_datasets as tfds
+  tfds = pytest.importorskip("tensorflow_datasets", reason="the tfds extra is not installed")
   rng = np.random.default_rng(3)
   arrays = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(4)]
 

@@ -9,7 +9,8 @@ from unimodal_jax.config import load_config_file
 from unimodal_jax.train.metrics import read_metrics
 from unimodal_jax.data import photos
 from unimodal_jax.train import vq_loop
-from unimodal_jax.vq import codes, vq_convert, vqgan
+from unimodal_jax.vq import codes, vqgan
+from unimodal_jax.vq import weights as vq_weights
 
 STEPS, DISC_START = 60, 50
 
@@ -44,7 +45,7 @@ def test_adversarial_loss_switches_on_at_disc_start(run):
 
 def test_dead_code_restart_replaces_only_unused_codes_with_encoder_outputs(run):
   config, workdir, _, _ = run
-  params, _ = vq_convert.load_tokenizer(os.path.join(workdir, vq_loop.TOKENIZER_DIR))
+  params, _ = vq_weights.load_tokenizer(os.path.join(workdir, vq_loop.TOKENIZER_DIR))
   counts = np.zeros(config.vqgan.num_embeddings, np.int32)
   counts[::2] = 5  # odd codes are dead
   pixels = photos.PhotoCrops(config.vqgan.resolution, seed=1).batch(0, 4)
@@ -74,6 +75,6 @@ def test_trained_tokenizer_is_the_image_tokenizer_for_vq_kind_vqgan(run):
     codes.image_tokenizer(lm_config)  # configs/tiny.py's vq section is 32px / patch 8: not this tokenizer
   lm_config.vq.patch_size, lm_config.vq.num_codes = 4, 32
   got = codes.image_tokenizer(lm_config)(images)
-  _, want = vq_loop.make_reconstruct(config)(vq_convert.load_tokenizer(lm_config.vq.tokenizer_path)[0], images)
+  _, want = vq_loop.make_reconstruct(config)(vq_weights.load_tokenizer(lm_config.vq.tokenizer_path)[0], images)
   assert got.shape == (3, 8, 8) and got.dtype == np.int32
   np.testing.assert_array_equal(got, np.asarray(want))

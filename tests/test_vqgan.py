@@ -8,7 +8,9 @@ from flax import traverse_util
 
 from unimodal_jax.config import ConfigError, load_config_file
 from unimodal_jax.train import vq_loop
-from unimodal_jax.vq import vq_convert, vqgan
+from unimodal_jax.convert import hf_vq
+from unimodal_jax.vq import vqgan
+from unimodal_jax.vq import weights as vq_weights
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -49,9 +51,9 @@ def test_encoder_and_codes_match_transformers(attn_resolutions, tmp_path):
   hf_config, model = _chameleon_vqvae(attn_resolutions, pixels)
   # as inside a full ChameleonForConditionalGeneration checkpoint (the prefix is stripped on import)
   save_file({"model.vqmodel." + k: v.numpy() for k, v in model.state_dict().items()}, str(tmp_path / "m.safetensors"))
-  config = vq_convert.config_from_hf(hf_config.to_dict())
+  config = vq_weights.config_from_hf(hf_config.to_dict())
   template = _random_params(config, 1)
-  params = vq_convert.import_chameleon(str(tmp_path / "m.safetensors"), template)
+  params = hf_vq.import_chameleon(str(tmp_path / "m.safetensors"), template)
   with torch.no_grad():
     out = model.encode(torch.from_numpy(pixels))
     want_z = model.quant_conv(out.last_hidden_state).numpy().transpose(0, 2, 3, 1)
@@ -65,17 +67,17 @@ def test_encoder_and_codes_match_transformers(attn_resolutions, tmp_path):
 
 def test_transformers_checkpoint_has_exactly_our_encoder_keys(tmp_path):
   _, model = _chameleon_vqvae([16])
-  config = vq_convert.config_from_hf(model.config.to_dict())
+  config = vq_weights.config_from_hf(model.config.to_dict())
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
-  ours = {vq_convert.torch_key(path) for path in traverse_util.flatten_dict(shapes)}
+  ours = {vq_weights.torch_key(path) for path in traverse_util.flatten_dict(shapes)}
   theirs = set(model.state_dict())
   assert theirs <= ours
   assert {k.split(".")[0] for k in ours - theirs} == {"decoder"}
   assert "decoder.up.0.block.2.conv1.weight" in ours and "decoder.up.1.upsample.conv.weight" in ours
   model.save_pretrained(str(tmp_path))  # the directory transformers writes
   template = _random_params(config, 0)
-  params = vq_convert.import_chameleon(str(tmp_path), template)
-  exported = vq_convert.export_state_dict(params)
+  params = hf_vq.import_chameleon(str(tmp_path), template)
+  exported = vq_weights.export_state_dict(params)
   for key, value in model.state_dict().items():
     np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
   np.testing.assert_array_equal(params["decoder"]["conv_in"]["kernel"], template["decoder"]["conv_in"]["kernel"])
@@ -85,8 +87,8 @@ def test_full_tokenizer_export_import_is_bit_exact(tmp_path):
   config = vqgan.model_config(resolution=16, base_channels=8, channel_multiplier=(1, 2), num_res_blocks=1,
                               attn_resolutions=(8,), latent_channels=8, embed_dim=4, num_embeddings=16, norm_groups=4)
   params = _random_params(config, 3)
-  vq_convert.save_tokenizer(params, config, str(tmp_path))
-  loaded, loaded_config = vq_convert.load_tokenizer(str(tmp_path))
+  vq_weights.save_tokenizer(params, config, str(tmp_path))
+  loaded, loaded_config = vq_weights.load_tokenizer(str(tmp_path))
   assert loaded_config == config
   flat, loaded_flat = (jax.tree_util.tree_leaves_with_path(p) for p in (params, loaded))
   assert [k for k, _ in flat] == [k for k, _ in loaded_flat]
@@ -98,15 +100,15 @@ def test_import_names_the_bad_tensor():
   config = vqgan.model_config(resolution=16, base_channels=8, channel_multiplier=(1, 2), num_res_blocks=1,
                               latent_channels=8, embed_dim=4, num_embeddings=16, norm_groups=4)
   params = _random_params(config, 0)
-  state = vq_convert.export_state_dict(params)
+  state = vq_weights.export_state_dict(params)
   state["loss.discriminator.main.0.weight"] = np.zeros((4, 3, 4, 4), np.float32)  # as in taming's vqgan.ckpt
-  vq_convert.import_state_dict(state, params)
+  vq_weights.import_state_dict(state, params)
   state["encoder.conv_in.weight"] = state["encoder.conv_in.weight"][:4]
   with pytest.raises(ValueError, match="encoder.conv_in.weight"):
-    vq_convert.import_state_dict(state, params)
+    vq_weights.import_state_dict(state, params)
   del state["encoder.conv_in.weight"]
   with pytest.raises(KeyError, match="encoder.conv_in.weight"):
-    vq_convert.import_state_dict(state, params)
+    vq_weights.import_state_dict(state, params)
 
 
 def _numpy_quantizer(z, codebook, beta):

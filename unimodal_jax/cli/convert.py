@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.cli import common
-from unimodal_jax.convert import checkpoint, hf_chameleon, hf_vq, mot, parity, vocab_map
+from unimodal_jax.convert import checkpoint, hf_chameleon, hf_vq, mot, parity, tensors, vocab_map
 from unimodal_jax.data import vocab as vocab_lib
 
 COMMANDS = ("to-hf", "from-hf", "to-torch", "from-torch")
@@ -68,7 +68,7 @@ def to_hf():
   params = checkpoint.read_params(_required(_CHECKPOINT))
   layout = None
   if _LAYOUT_FROM.value:
-    layout = vocab_map.layout_from_config(hf_chameleon.read_config(_LAYOUT_FROM.value))
+    layout = vocab_map.layout_from_config(tensors.read_config(_LAYOUT_FROM.value))
   vocab = vocab_lib.from_config(config)
   hf_chameleon.to_hf(params, config.model, vocab, out_dir, text_token_names=_text_token_names(_TEXT_TOKENIZER.value),
                      layout=layout, vq_tokenizer_dir=_VQ_TOKENIZER.value,

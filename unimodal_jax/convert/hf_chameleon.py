@@ -2,52 +2,27 @@
 
 Both directions go tensor by tensor; export needs numpy and safetensors, never torch. No orbax and no MoT here.
 """
-from collections.abc import Mapping
-import dataclasses
-import json
-import math
 import os
 import warnings
 
 import ml_collections
 import numpy as np
-import tqdm
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
-from unimodal_jax.convert import vocab_map
+from unimodal_jax.convert import hf_vq, tensors, vocab_map
+from unimodal_jax.convert.tensors import ConversionError, Tensor
 
 ARCHITECTURE = "ChameleonForConditionalGeneration"
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
 QK_NORM_EPS = 1e-5  # transformers' ChameleonLayerNorm hard-codes it; its rms_norm_eps only reaches the RMSNorms
 MAX_POSITIONS = 4096  # Chameleon's; default RoPE does not read it, generation does
-VQ_PREFIX = "model.vqmodel."  # the VQ encoder's tensors: not part of our transformer
 HF_DEFAULTS = {  # ChameleonConfig's defaults, for keys a config.json leaves out
     "vocab_size": 65536, "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
     "num_attention_heads": 32, "num_key_value_heads": 32, "hidden_act": "silu", "rms_norm_eps": 1e-5,
     "attention_bias": False, "mlp_bias": False, "swin_norm": False, "tie_word_embeddings": False}
 
 
-class ConversionError(ValueError):
-  """A checkpoint or config that does not convert exactly; the message names the tensor or the key."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Tensor:
-  """One transformers tensor and the part of our tree it holds.
-
-  kind: 'linear' (our [in..., out...] kernel <-> its [out, in] weight), 'reshape', 'rows' (vocabulary rows,
-  permuted), 'rows_linear' (our [embed, vocab] head <-> its [vocab, embed] rows), 'zeros' (its o_proj bias,
-  which our model does not have).
-  """
-
-  name: str
-  ours: str | None  # '/'-joined path in our tree
-  layer: int | None  # index into the stacked (nn.scan) axis
-  shape: tuple  # transformers'
-  our_shape: tuple  # ours, for one layer
-  kind: str
+# Tensor kinds here: 'linear' (our [in..., out...] kernel <-> its [out, in] weight), 'reshape', 'rows' (vocabulary
+# rows, permuted), 'rows_linear' (our [embed, vocab] head <-> its [vocab, embed] rows), 'zeros' (its o_proj bias, which
+# our model does not have: `ours` is None).
 
 
 def tensor_plan(m) -> list[Tensor]:
@@ -134,79 +109,6 @@ def hf_config(m, layout: vocab_map.Layout, vq_config: dict) -> dict:
       "vocabulary_map": layout.vocabulary_map, "vq_config": vq_config}
 
 
-def _leaf_paths(tree, prefix=""):
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      yield from _leaf_paths(value, f"{prefix}{key}/")
-    else:
-      yield f"{prefix}{key}"
-
-
-def _node(tree, path):
-  for key in path.split("/"):
-    tree = tree[key]
-  return tree
-
-
-def _check_params(params, plan, num_layers):
-  """Our tree holds exactly the leaves `plan` reads, in its shapes (read from `.shape`, not from the data)."""
-  wanted, given = {t.ours for t in plan if t.ours}, set(_leaf_paths(params))
-  if wanted != given:
-    raise ConversionError(f"params do not match the model config: missing {sorted(wanted - given)}, "
-                          f"unexpected {sorted(given - wanted)}")
-  for t in plan:
-    if t.ours and t.layer in (None, 0):
-      expected = t.our_shape if t.layer is None else (num_layers, *t.our_shape)
-      if np.shape(_node(params, t.ours)) != expected:
-        raise ConversionError(f"params {t.ours} has shape {np.shape(_node(params, t.ours))}; the model config "
-                              f"gives {expected}")
-
-
-def _hf_arrays(params, plan, hf_id_of):
-  """Each planned tensor in plan order, reading each of our leaves once."""
-  path, stacked = None, None
-  for t in plan:
-    if t.kind == "zeros":
-      yield np.zeros(t.shape, np.float32)
-      continue
-    if t.ours != path:
-      path, stacked = t.ours, np.asarray(_node(params, t.ours))
-    x = stacked if t.layer is None else stacked[t.layer]
-    yield np.ascontiguousarray(_to_hf(x, t, hf_id_of), dtype=np.float32)
-
-
-def _shards(plan, max_bytes):
-  shards, size = [[]], 0
-  for t in plan:
-    nbytes = 4 * math.prod(t.shape)
-    if shards[-1] and size + nbytes > max_bytes:
-      shards.append([])
-      size = 0
-    shards[-1].append(t)
-    size += nbytes
-  return shards
-
-
-def write_shards(plan, arrays, out_dir, max_shard_bytes, *, desc, progress) -> tuple[dict, int]:
-  """Write the float32 `arrays` (an iterator in `plan` order) as `model-0000k-of-0000n.safetensors` files of at most
-  `max_shard_bytes` each, one tensor in memory at a time beyond the shard being filled.
-
-  Returns the index's weight map (tensor name -> file) and the total bytes written.
-  """
-  shards = _shards(plan, max_shard_bytes)
-  weight_map = {}
-  with tqdm.tqdm(total=len(plan), unit="tensor", desc=desc, disable=not progress) as bar:
-    for k, shard in enumerate(shards):
-      filename = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-      tensors = {}
-      for t in shard:
-        tensors[t.name] = next(arrays)
-        bar.update()
-      save_file(tensors, os.path.join(out_dir, filename), metadata={"format": "pt"})
-      weight_map.update(dict.fromkeys(tensors, filename))
-  return weight_map, sum(4 * math.prod(t.shape) for t in plan)
-
-
 def to_hf(params, model_config, vocab, out_dir, *, text_token_names=None, layout=None, vq_config=None,
           vq_tokenizer_dir=None, max_shard_bytes=2**31, progress=False) -> dict:
   """Write `params` (our dense tree; any nested Mapping, read leaf by leaf) as a directory that
@@ -218,7 +120,6 @@ def to_hf(params, model_config, vocab, out_dir, *, text_token_names=None, layout
   derived from it, and its decoder is written beside (hf_vq.py). Without it `vq_config` defaults to
   ChameleonVQVAEConfig's defaults with our codebook size and no VQ weights are written.
   """
-  from unimodal_jax.convert import hf_vq  # it builds on this module
   m = model_config
   check_exportable(m)
   if vq_tokenizer_dir and vq_config:
@@ -230,34 +131,21 @@ def to_hf(params, model_config, vocab, out_dir, *, text_token_names=None, layout
     raise ConversionError(f"the token layout has {layout.vocab_size} rows and {layout_vocab}; the model has "
                           f"model.vocab_size={m.vocab_size} and {vocab}")
   plan = tensor_plan(m)
-  _check_params(params, plan, m.num_layers)
+  tensors.check_params(params, plan, m.num_layers)
   os.makedirs(out_dir, exist_ok=True)
-  weight_map, total = write_shards(plan, _hf_arrays(params, plan, hf_id_of), out_dir, max_shard_bytes, desc="to-hf",
-                                   progress=progress)
+  weight_map, total = tensors.write_shards(plan, tensors.arrays(params, plan, lambda x, t: _to_hf(x, t, hf_id_of)),
+                                           out_dir, max_shard_bytes, desc="to-hf", progress=progress)
   if tokenizer:
     vq_config, vq_weight_map, vq_bytes = hf_vq.write_tokenizer(*tokenizer, out_dir)
     weight_map.update(vq_weight_map)
     total += vq_bytes
-  _write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
+  tensors.write_index(out_dir, weight_map, total)
   config = hf_config(m, layout, vq_config or {"num_embeddings": vocab.num_image_codes})
-  _write_json(os.path.join(out_dir, "config.json"), config)
+  tensors.write_json(os.path.join(out_dir, "config.json"), config)
   return config
 
 
-def _write_json(path, obj):
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
-
-
 # ---------------------------------------------------------------- import
-
-
-def read_config(hf_dir) -> dict:
-  path = os.path.join(hf_dir, "config.json")
-  if not os.path.isfile(path):
-    raise ConversionError(f"{hf_dir} has no config.json")
-  with open(path) as f:
-    return json.load(f)
 
 
 def _rope_theta(config) -> float:
@@ -289,44 +177,6 @@ def model_overrides(config: dict) -> dict:
           "rope_theta": _rope_theta(config), "tie_embeddings": bool(c["tie_word_embeddings"]), "num_experts": 1}
 
 
-def _tensor_files(hf_dir) -> dict:
-  """tensor name -> (its safetensors file, its shape), from the files' headers."""
-  index = os.path.join(hf_dir, INDEX_FILE)
-  if os.path.isfile(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)["weight_map"].values()))
-  elif os.path.isfile(os.path.join(hf_dir, SINGLE_FILE)):
-    files = [SINGLE_FILE]
-  else:
-    raise ConversionError(f"{hf_dir} has neither {INDEX_FILE} nor {SINGLE_FILE}")
-  found = {}
-  for filename in files:
-    path = os.path.join(hf_dir, filename)
-    with safe_open(path, framework="flax") as f:
-      found.update({name: (path, tuple(f.get_slice(name).get_shape())) for name in f.keys()})
-  return found
-
-
-def _read(files, t: Tensor, hf_dir) -> np.ndarray:
-  if t.name not in files:
-    raise ConversionError(f"{hf_dir}: missing tensor {t.name} (expected shape {t.shape})")
-  path, shape = files[t.name]
-  if shape != t.shape:
-    raise ConversionError(f"{hf_dir}: tensor {t.name} has shape {shape}; config.json gives {t.shape}")
-  # Opened per tensor so that its memory map, which counts as resident, is dropped after each read.
-  # framework="flax": numpy has no bfloat16, the dtype of published Chameleon checkpoints.
-  with safe_open(path, framework="flax") as f:
-    return np.asarray(f.get_tensor(t.name)).astype(np.float32)
-
-
-def _insert(params, path, value):
-  *parents, last = path.split("/")
-  node = params
-  for key in parents:
-    node = node.setdefault(key, {})
-  node[last] = value
-
-
 def from_hf(hf_dir, *, vq_out=None, progress=False):
   """Read a transformers Chameleon directory into (our params, `model` config overrides, Vocab).
 
@@ -335,31 +185,19 @@ def from_hf(hf_dir, *, vq_out=None, progress=False):
   tokenizer directory (hf_vq.import_tokenizer); a directory without the decoder file gives an encoder-only
   tokenizer (decoder weights zero) and a warning. Without `vq_out` the VQ tensors are not read.
   """
-  config = read_config(hf_dir)
+  config = tensors.read_config(hf_dir)
   overrides = model_overrides(config)
   hf_id_of, vocab = vocab_map.permutation(vocab_map.layout_from_config(config))
   m = ml_collections.ConfigDict(overrides)
   plan = tensor_plan(m)
-  files = _tensor_files(hf_dir)
+  files = tensors.tensor_files(hf_dir)
   planned = {t.name for t in plan} | ({"lm_head.weight"} if m.tie_embeddings else set())
-  unexpected = sorted(n for n in files if n not in planned and not n.startswith(VQ_PREFIX))
+  unexpected = sorted(n for n in files if n not in planned and not n.startswith(hf_vq.VQ_PREFIX))
   if unexpected:
     raise ConversionError(f"{hf_dir}: tensors our model has no place for: {unexpected[:5]}")
-  params = {}
-  for t in tqdm.tqdm(plan, unit="tensor", desc="from-hf", disable=not progress):
-    w = _read(files, t, hf_dir)
-    if t.kind == "zeros":
-      if np.any(w):
-        raise ConversionError(f"{hf_dir}: tensor {t.name} is non-zero; our model has no output-projection bias "
-                              "(model.qkv_bias covers q, k and v)")
-    elif t.layer is None:
-      _insert(params, t.ours, _from_hf(w, t, hf_id_of))
-    else:
-      if t.layer == 0:
-        _insert(params, t.ours, np.empty((m.num_layers, *t.our_shape), np.float32))
-      _node(params, t.ours)[t.layer] = _from_hf(w, t, hf_id_of)
+  params = tensors.fill(plan, files, hf_dir, lambda w, t: _from_hf(w, t, hf_id_of), m.num_layers, desc="from-hf",
+                        progress=progress)
   if vq_out:
-    from unimodal_jax.convert import hf_vq  # it builds on this module
     if not hf_vq.import_tokenizer(hf_dir, vq_out, vocab):
       warnings.warn(f"{hf_dir} has no {hf_vq.DECODER_FILE}: the tokenizer in {vq_out} encodes images, but its "
                     "decoder weights are zeros (transformers' checkpoints hold no decoder)")

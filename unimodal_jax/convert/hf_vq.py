@@ -9,12 +9,17 @@ import os
 import jax
 import numpy as np
 from flax import traverse_util
-from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from unimodal_jax.convert import hf_chameleon
-from unimodal_jax.vq import vq_convert, vqgan
+from unimodal_jax.convert import tensors
+from unimodal_jax.convert.tensors import ConversionError, Tensor
+from unimodal_jax.vq import vqgan
+from unimodal_jax.vq import weights as vq_weights
 
+VQ_PREFIX = "model.vqmodel."  # where a transformers Chameleon keeps its VQ tokenizer (encoder + quantizer)
+# prefixes under which Chameleon checkpoints keep the tokenizer: transformers' and the original release's
+CHECKPOINT_PREFIXES = (VQ_PREFIX, "vqmodel.")
+ENCODE_ONLY_MISSING = ("decoder.",)  # transformers ships the tokenizer encode-only: its checkpoints lack these
 VQ_SHARD = "model-vqmodel.safetensors"  # listed in the index: transformers loads it into model.vqmodel
 DECODER_FILE = "vq_decoder.safetensors"  # not in the index: taming/Chameleon names, read by us only
 DECODER_CONFIG = "vq_decoder.json"  # our config.vqgan (incl. norm_groups and beta, which vq_config lacks)
@@ -36,16 +41,16 @@ def hf_vq_config(c) -> dict:
 
 def _check_codes(num_embeddings, vocab, where):
   if num_embeddings != vocab.num_image_codes:
-    raise hf_chameleon.ConversionError(
+    raise ConversionError(
         f"{where} has {num_embeddings} codes; the vocabulary has {vocab.num_image_codes} image ids (vq.num_codes)")
 
 
 def read_tokenizer(tokenizer_dir, vocab):
-  """(params, config.vqgan) of a tokenizer directory (vq_convert.save_tokenizer's), checked to be one that
+  """(params, config.vqgan) of a tokenizer directory (vq_weights.save_tokenizer's), checked to be one that
   transformers' ChameleonVQVAE reproduces and whose codes are `vocab`'s image codes."""
-  params, config = vq_convert.load_tokenizer(tokenizer_dir)
+  params, config = vq_weights.load_tokenizer(tokenizer_dir)
   if config.norm_groups != HF_NORM_GROUPS:
-    raise hf_chameleon.ConversionError(
+    raise ConversionError(
         f"{tokenizer_dir}/config.json: vqgan.norm_groups={config.norm_groups}; transformers' ChameleonVQVAE "
         f"hard-codes GroupNorm with {HF_NORM_GROUPS} groups")
   _check_codes(config.num_embeddings, vocab, f"{tokenizer_dir}/config.json: vqgan.num_embeddings")
@@ -56,13 +61,13 @@ def write_tokenizer(params, config, out_dir) -> tuple[dict, dict, int]:
   """Write the encoder, quantizer and quant convs as `model.vqmodel.*` (VQ_SHARD) and the decoder with
   post_quant_conv beside them (DECODER_FILE, DECODER_CONFIG). Returns (vq_config, index weight_map entries,
   their bytes)."""
-  state = vq_convert.export_state_dict(params)
-  encoder = {hf_chameleon.VQ_PREFIX + k: v for k, v in state.items() if not k.startswith("decoder.")}
+  state = vq_weights.export_state_dict(params)
+  encoder = {VQ_PREFIX + k: v for k, v in state.items() if not k.startswith("decoder.")}
   decoder = {k: v for k, v in state.items() if k.startswith(DECODER_KEYS)}
   save_file(encoder, os.path.join(out_dir, VQ_SHARD), metadata={"format": "pt"})
   save_file(decoder, os.path.join(out_dir, DECODER_FILE), metadata={"format": "pt"})
   with open(os.path.join(out_dir, DECODER_CONFIG), "w") as f:
-    json.dump(vq_convert.config_to_json(config), f, indent=1, sort_keys=True)
+    json.dump(vq_weights.config_to_json(config), f, indent=1, sort_keys=True)
   return hf_vq_config(config), dict.fromkeys(encoder, VQ_SHARD), sum(v.nbytes for v in encoder.values())
 
 
@@ -73,17 +78,17 @@ def has_decoder(hf_dir) -> bool:
 def _config(hf_dir, hf: dict):
   """config.vqgan: vq_config's dims, plus norm_groups and beta from DECODER_CONFIG when the directory has it."""
   if not isinstance(hf.get("vq_config"), dict):
-    raise hf_chameleon.ConversionError(f"{hf_dir}/config.json has no vq_config")
-  from_hf = vq_convert.config_from_hf(hf["vq_config"], norm_groups=HF_NORM_GROUPS)
+    raise ConversionError(f"{hf_dir}/config.json has no vq_config")
+  from_hf = vq_weights.config_from_hf(hf["vq_config"], norm_groups=HF_NORM_GROUPS)
   if not has_decoder(hf_dir):
     return from_hf
   if not os.path.isfile(os.path.join(hf_dir, DECODER_CONFIG)):
-    raise hf_chameleon.ConversionError(f"{hf_dir} has {DECODER_FILE} but not its config {DECODER_CONFIG}")
+    raise ConversionError(f"{hf_dir} has {DECODER_FILE} but not its config {DECODER_CONFIG}")
   with open(os.path.join(hf_dir, DECODER_CONFIG)) as f:
-    ours = vq_convert.config_from_hf(json.load(f))
+    ours = vq_weights.config_from_hf(json.load(f))
   for key in HF_KEYS:
     if tuple(np.atleast_1d(ours[key])) != tuple(np.atleast_1d(from_hf[key])):
-      raise hf_chameleon.ConversionError(f"{hf_dir}: {DECODER_CONFIG} has {key}={ours[key]!r}, config.json "
+      raise ConversionError(f"{hf_dir}: {DECODER_CONFIG} has {key}={ours[key]!r}, config.json "
                                          f"vq_config.{key}={from_hf[key]!r}")
   return ours
 
@@ -91,63 +96,63 @@ def _config(hf_dir, hf: dict):
 def _expected_shapes(shapes) -> dict:
   """torch key -> transformers' (OIHW) shape for every param of our tokenizer."""
   flat = traverse_util.flatten_dict(shapes)
-  return {vq_convert.torch_key(p): tuple(s.shape[i] for i in (3, 2, 0, 1)) if p[-1] == "kernel" else tuple(s.shape)
+  return {vq_weights.torch_key(p): tuple(s.shape[i] for i in (3, 2, 0, 1)) if p[-1] == "kernel" else tuple(s.shape)
           for p, s in flat.items()}
-
-
-def _headers(path) -> dict:
-  """tensor name -> (path, shape) of one safetensors file, as hf_chameleon._tensor_files gives for a directory."""
-  with safe_open(path, framework="flax") as f:
-    return {name: (path, tuple(f.get_slice(name).get_shape())) for name in f.keys()}
 
 
 def _read_all(names_shapes: dict, files: dict, where) -> dict:
   """{name: float32 array}, each checked against its header shape first; errors name the tensor."""
   out = {}
   for name, shape in names_shapes.items():
-    t = hf_chameleon.Tensor(name, None, None, shape, shape, "reshape")
-    out[name] = hf_chameleon._read(files, t, where)
+    out[name] = tensors.read(files, Tensor(name, name, None, shape, shape, "reshape"), where)
   return out
 
 
 def import_tokenizer(hf_dir, out_dir, vocab=None) -> bool:
-  """Write our tokenizer directory (vq_convert.load_tokenizer reads it) from `hf_dir`'s `model.vqmodel.*`
+  """Write our tokenizer directory (vq_weights.load_tokenizer reads it) from `hf_dir`'s `model.vqmodel.*`
   tensors and, when present, our decoder file. Returns whether the decoder was imported; without it the decoder's
   weights are zeros (encoding works; decoding gives a flat gray image), written so that load_tokenizer reads it."""
-  config = _config(hf_dir, hf_chameleon.read_config(hf_dir))
+  config = _config(hf_dir, tensors.read_config(hf_dir))
   vqgan.validate(config)
   if vocab is not None:
     _check_codes(config.num_embeddings, vocab, f"{hf_dir}/config.json: vq_config.num_embeddings")
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
   expected = _expected_shapes(shapes)
-  files = hf_chameleon._tensor_files(hf_dir)
-  vq_names = {n for n in files if n.startswith(hf_chameleon.VQ_PREFIX)}
+  files = tensors.tensor_files(hf_dir)
+  vq_names = {n for n in files if n.startswith(VQ_PREFIX)}
   if not vq_names:
-    raise hf_chameleon.ConversionError(f"{hf_dir} holds no {hf_chameleon.VQ_PREFIX}* tensors (an export without "
+    raise ConversionError(f"{hf_dir} holds no {VQ_PREFIX}* tensors (an export without "
                                        "--vq_tokenizer): there is no tokenizer to import")
-  wanted = {hf_chameleon.VQ_PREFIX + k: s for k, s in expected.items() if not k.startswith("decoder.")}
+  wanted = {VQ_PREFIX + k: s for k, s in expected.items() if not k.startswith("decoder.")}
   unexpected = sorted(vq_names - set(wanted))
   if unexpected:
-    raise hf_chameleon.ConversionError(f"{hf_dir}: VQ tensors that vq_config's ChameleonVQVAE does not have: "
+    raise ConversionError(f"{hf_dir}: VQ tensors that vq_config's ChameleonVQVAE does not have: "
                                        f"{unexpected[:5]}")
-  state = {k[len(hf_chameleon.VQ_PREFIX):]: v for k, v in _read_all(wanted, files, hf_dir).items()}
+  state = {k[len(VQ_PREFIX):]: v for k, v in _read_all(wanted, files, hf_dir).items()}
   decoder = has_decoder(hf_dir)
   if decoder:
     path = os.path.join(hf_dir, DECODER_FILE)
-    decoder_files = _headers(path)
+    decoder_files = tensors.file_headers(path)
     extra = sorted(set(decoder_files) - {k for k in expected if k.startswith(DECODER_KEYS)})
     if extra:
-      raise hf_chameleon.ConversionError(f"{path}: tensors that are not our decoder's: {extra[:5]}")
+      raise ConversionError(f"{path}: tensors that are not our decoder's: {extra[:5]}")
     decoder_state = _read_all({k: s for k, s in expected.items() if k.startswith(DECODER_KEYS)}, decoder_files, path)
     for key in (k for k in decoder_state if k.startswith("post_quant_conv.")):
       if not np.array_equal(decoder_state[key], state[key]):
-        raise hf_chameleon.ConversionError(f"{path}: tensor {key} differs from {hf_chameleon.VQ_PREFIX}{key}")
+        raise ConversionError(f"{path}: tensor {key} differs from {VQ_PREFIX}{key}")
     state.update(decoder_state)
     template = shapes
   else:
     # zeros, not an init: a random decoder would pass for a trained one, and its init compiles the whole VQGAN
     template = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), shapes)
-  params = vq_convert.import_state_dict(state, template, allow_missing=() if decoder else ("decoder.",))
-  vq_convert.save_tokenizer(params, config, out_dir)
+  params = vq_weights.import_state_dict(state, template, allow_missing=() if decoder else ("decoder.",))
+  vq_weights.save_tokenizer(params, config, out_dir)
   return decoder
 
+
+def import_chameleon(path: str, template):
+  """A transformers `ChameleonVQVAE` or whole Chameleon checkpoint (file or directory; only its tokenizer's tensors
+  are read) -> params like `template`; the decoder keeps `template`'s values when the checkpoint has none
+  (transformers' converter drops it)."""
+  state = vq_weights.load_state_dict(path, prefixes=CHECKPOINT_PREFIXES) or vq_weights.load_state_dict(path)
+  return vq_weights.import_state_dict(state, template, allow_missing=ENCODE_ONLY_MISSING)

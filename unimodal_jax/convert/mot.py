@@ -5,42 +5,22 @@ Qwen2-style names for the text (understanding) expert; the image (generation) ex
 Both directions go tensor by tensor with numpy and safetensors; `torch_mot.py` is the PyTorch model that reads it.
 Import also reads q/k written for interleaved RoPE (config.json `rope_layout`, Meta's original layout; rope_layout.py).
 """
-import dataclasses
-import json
 import os
 
 import ml_collections
 import numpy as np
-import tqdm
 
-from unimodal_jax.convert import rope_layout
-from unimodal_jax.convert.hf_chameleon import (
-    INDEX_FILE, ConversionError, _insert, _leaf_paths, _node, _read, _tensor_files, _write_json, write_shards)
+from unimodal_jax.convert import rope_layout, tensors
+from unimodal_jax.convert.tensors import ConversionError, Tensor
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.config import MOT_GROUPS
-from unimodal_jax.model import experts
 from unimodal_jax.model.checks import QK_NORMS
 
 ARCHITECTURE = "UnimodalMoTForCausalLM"
 EXPERT_SUFFIXES = ("", "_moe_gen")  # BAGEL: the understanding expert keeps Qwen2's names; generation adds _moe_gen
 ROPE_LAYOUTS = ("rotate_half", "interleaved")  # ours and transformers'; Meta's original code
-
-
-@dataclasses.dataclass(frozen=True)
-class Tensor:
-  """One PyTorch tensor and the part of our tree it holds.
-
-  kind: 'linear' (our [in..., out...] kernel <-> its [out, in] weight), 'transpose' (our [embed, vocab] head <-> its
-  [vocab, embed] lm_head), 'reshape'. Our leaf is [(layers,) (experts,) *our_shape]; `layer`/`expert` index it.
-  """
-
-  name: str
-  ours: str  # '/'-joined path in our tree
-  layer: int | None
-  expert: int | None
-  shape: tuple  # PyTorch's
-  our_shape: tuple  # ours, for one layer and one expert
-  kind: str
+# Tensor kinds here: 'linear' (our [in..., out...] kernel <-> its [out, in] weight), 'transpose' (our [embed, vocab]
+# head <-> its [vocab, embed] lm_head), 'reshape'.
 
 
 def _group_tensors(m) -> dict:
@@ -90,17 +70,8 @@ def tensor_plan(m) -> list[Tensor]:
       for i in range(m.num_layers) if stacked else [None]:
         for x in expert_ids:
           name = template.replace("{i}", str(i)).replace("{x}", EXPERT_SUFFIXES[x or 0])
-          plan.append(Tensor(name, ours, i, x, shape, our_shape, kind))
+          plan.append(Tensor(name, ours, i, shape, our_shape, kind, expert=x))
   return plan
-
-
-def our_leaf_shape(t: Tensor, m) -> tuple:
-  return ((m.num_layers,) if t.layer is not None else ()) + ((m.num_experts,) if t.expert is not None else ()) \
-      + t.our_shape
-
-
-def _index(t: Tensor) -> tuple:
-  return tuple(i for i in (t.layer, t.expert) if i is not None)
 
 
 def _to_torch(x, t: Tensor):
@@ -140,27 +111,6 @@ def torch_config(m, vocab: vocab_lib.Vocab) -> dict:
       "boi_token_id": vocab.boi_id, "eoi_token_id": vocab.eoi_id, "image_code_offset": vocab.image_code_offset}
 
 
-def _check_params(params, plan, m):
-  wanted, given = {t.ours for t in plan}, set(_leaf_paths(params))
-  if wanted != given:
-    raise ConversionError(f"params do not match the model config: missing {sorted(wanted - given)}, "
-                          f"unexpected {sorted(given - wanted)}")
-  for t in plan:
-    expected = our_leaf_shape(t, m)
-    if np.shape(_node(params, t.ours)) != expected:
-      raise ConversionError(f"params {t.ours} has shape {np.shape(_node(params, t.ours))}; the model config gives "
-                            f"{expected}")
-
-
-def _torch_arrays(params, plan):
-  """Each planned tensor in plan order, reading each of our leaves once."""
-  path, leaf = None, None
-  for t in plan:
-    if t.ours != path:
-      path, leaf = t.ours, np.asarray(_node(params, t.ours))
-    yield np.ascontiguousarray(_to_torch(leaf[_index(t)], t), dtype=np.float32)
-
-
 def to_torch(params, model_config, vocab, out_dir, *, max_shard_bytes=2**31, progress=False) -> dict:
   """Write `params` (any nested Mapping, read leaf by leaf) as safetensors shards with an index and a config.json
   that `torch_mot.load(out_dir)` reads. Returns the config.json written."""
@@ -168,25 +118,17 @@ def to_torch(params, model_config, vocab, out_dir, *, max_shard_bytes=2**31, pro
   if m.vocab_size < vocab.size:
     raise ConversionError(f"model.vocab_size={m.vocab_size} is smaller than the vocabulary's {vocab.size} ids")
   plan = tensor_plan(m)
-  _check_params(params, plan, m)
+  tensors.check_params(params, plan, m.num_layers, m.num_experts)
   os.makedirs(out_dir, exist_ok=True)
-  weight_map, total = write_shards(plan, _torch_arrays(params, plan), out_dir, max_shard_bytes, desc="to-torch",
-                                   progress=progress)
-  _write_json(os.path.join(out_dir, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
+  weight_map, total = tensors.write_shards(plan, tensors.arrays(params, plan, _to_torch), out_dir, max_shard_bytes,
+                                           desc="to-torch", progress=progress)
+  tensors.write_index(out_dir, weight_map, total)
   config = torch_config(m, vocab)
-  _write_json(os.path.join(out_dir, "config.json"), config)
+  tensors.write_json(os.path.join(out_dir, "config.json"), config)
   return config
 
 
 # ---------------------------------------------------------------- import
-
-
-def read_config(torch_dir) -> dict:
-  path = os.path.join(torch_dir, "config.json")
-  if not os.path.isfile(path):
-    raise ConversionError(f"{torch_dir} has no config.json")
-  with open(path) as f:
-    return json.load(f)
 
 
 def model_overrides(config: dict) -> dict:
@@ -237,24 +179,20 @@ def from_torch(torch_dir, *, progress=False):
   Params are nested dicts of float32 numpy arrays, in the layout our model with those overrides initialises. With
   `"rope_layout": "interleaved"` in config.json, q/k projections and QK-norm parameters are permuted to rotate-half.
   """
-  config = read_config(torch_dir)
+  config = tensors.read_config(torch_dir)
   overrides = model_overrides(config)
   vocab = vocab_lib.Vocab(text_size=config["text_size"], num_image_codes=config["num_image_codes"])
   m = ml_collections.ConfigDict(overrides)
   plan = tensor_plan(m)
-  files = _tensor_files(torch_dir)
+  files = tensors.tensor_files(torch_dir)
   unexpected = sorted(set(files) - {t.name for t in plan})
   if unexpected:
     raise ConversionError(f"{torch_dir}: tensors our model has no place for: {unexpected[:5]}")
-  params = {}
-  for t in tqdm.tqdm(plan, unit="tensor", desc="from-torch", disable=not progress):
-    w = _read(files, t, torch_dir)
-    if config.get("rope_layout") == "interleaved":
-      w = _interleaved_to_half(w, t, m)
-    if not _index(t):
-      _insert(params, t.ours, _from_torch(w, t))
-      continue
-    if all(i == 0 for i in _index(t)):
-      _insert(params, t.ours, np.empty(our_leaf_shape(t, m), np.float32))
-    _node(params, t.ours)[_index(t)] = _from_torch(w, t)
+  interleaved = config.get("rope_layout") == "interleaved"
+
+  def from_theirs(w, t):
+    return _from_torch(_interleaved_to_half(w, t, m) if interleaved else w, t)
+
+  params = tensors.fill(plan, files, torch_dir, from_theirs, m.num_layers, m.num_experts, desc="from-torch",
+                        progress=progress)
   return params, overrides, vocab

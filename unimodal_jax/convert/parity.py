@@ -6,7 +6,8 @@ its full logits are taken as its lm_head applied to the last hidden state. Needs
 """
 import numpy as np
 
-from unimodal_jax.convert import hf_chameleon, vocab_map
+from unimodal_jax.convert import hf_chameleon, tensors, vocab_map
+from unimodal_jax import extras
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.model.transformer import Transformer
@@ -37,10 +38,10 @@ def our_logits(params, model_config, vocab, tokens) -> np.ndarray:
 
 def hf_logits(hf_dir: str, tokens: np.ndarray) -> np.ndarray:
   """transformers' full logits for our `tokens`, with the vocabulary axis in our id order."""
-  import torch  # here, not at the top: the rest of the package runs without torch
-  from transformers import ChameleonForConditionalGeneration
+  torch = extras.require("torch", "--self_check against transformers")
+  ChameleonForConditionalGeneration = extras.require("transformers", "--self_check").ChameleonForConditionalGeneration
 
-  layout = vocab_map.layout_from_config(hf_chameleon.read_config(hf_dir))
+  layout = vocab_map.layout_from_config(tensors.read_config(hf_dir))
   hf_id_of, _ = vocab_map.permutation(layout)
   model = ChameleonForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
   with torch.no_grad():
@@ -73,7 +74,7 @@ def packed_interleaved_batch(vocab, rows: int, seq_len: int, rng) -> PackedBatch
 
 def torch_logits(torch_dir: str, batch: PackedBatch) -> np.ndarray:
   """The PyTorch reference's (convert/torch_mot.py) float32 logits for a packed batch."""
-  import torch  # here, not at the top: the rest of the package runs without torch
+  torch = extras.require("torch", "--self_check against the PyTorch MoT reference")
   from unimodal_jax.convert import torch_mot
 
   model = torch_mot.load(torch_dir)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from unimodal_jax import extras
 from unimodal_jax.data import documents
 
 KINDS = ("shards", "tfds")
@@ -79,7 +80,7 @@ def shards_source(name: str, paths: Sequence[str], weight: float = 1.0) -> Sourc
 
 
 def tfds_source(name: str, entry) -> Source:
-  import tensorflow_datasets as tfds  # local: importing tfds costs ~1 s, and only tfds sources need it
+  tfds = extras.require("tensorflow_datasets", "a tfds data source")  # local: importing tfds costs ~1 s
 
   if entry.get("path"):
     records = tfds.builder_from_directory(entry.path).as_data_source(split=entry.split)

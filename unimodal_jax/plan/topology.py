@@ -10,6 +10,8 @@ import re
 
 from jax.experimental import topologies
 
+from unimodal_jax import extras
+
 GIB = 2**30
 
 
@@ -105,7 +107,8 @@ def wraparound(topology: Topology) -> tuple[bool, bool, bool]:
 def tpu_devices(name: str, num_slices: int = 1):
   """TPU devices of `name` (e.g. 'v5p-256', 'v5e-8', 'v6e:16x16') for AOT compilation; needs libtpu, no TPU."""
   if importlib.util.find_spec("libtpu") is None:
-    raise ModuleNotFoundError("compiling for TPU on this host needs libtpu: pip install -e '.[tpu]'")
+    raise extras.MissingExtraError("compiling for TPU on this host needs libtpu: pip install 'unimodal_jax[tpu]'",
+                                   name="libtpu")
   # Compiling takes no TPU, so several processes (tests under xdist, a second plan) may load libtpu at once.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   topology = parse(name, num_slices)

@@ -21,9 +21,10 @@ from unimodal_jax.data import photos
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import checkpoint
 from unimodal_jax.train.metrics import MetricsWriter
-from unimodal_jax.vq import perceptual, vq_convert, vqgan
+from unimodal_jax.vq import perceptual, vqgan
+from unimodal_jax.vq import weights as vq_weights
 
-TOKENIZER_DIR = "tokenizer"  # under the workdir: the exported tokenizer (vq_convert.save_tokenizer)
+TOKENIZER_DIR = "tokenizer"  # under the workdir: the exported tokenizer (vq_weights.save_tokenizer)
 
 
 def train_config(**overrides) -> ml_collections.ConfigDict:
@@ -293,7 +294,7 @@ def train(config, workdir: str) -> dict:
   writer.close()
   params = jax.device_get(state["params"])
   if jax.process_index() == 0:
-    vq_convert.save_tokenizer(params, m, os.path.join(workdir, TOKENIZER_DIR))
+    vq_weights.save_tokenizer(params, m, os.path.join(workdir, TOKENIZER_DIR))
     recon = np.asarray(reconstruct(params, eval_pixels)[0])
     save_figure(eval_pixels, recon, os.path.join(workdir, "reconstructions.png"))
     with open(os.path.join(workdir, "eval.json"), "w") as f:

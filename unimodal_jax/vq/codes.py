@@ -14,7 +14,7 @@ from unimodal_jax.vq import kmeans
 
 # unimodal-train-vq --config configs/vq_photos.py (assets/photos_tokenizer/README.md): 64px -> 8x8 codes of 256
 PHOTOS_TOKENIZER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "photos_tokenizer")
-VQGAN_FILES = ("config.json", "vqgan.safetensors")  # what `vq_convert.save_tokenizer` writes
+VQGAN_FILES = ("config.json", "vqgan.safetensors")  # what `vq_weights.save_tokenizer` writes
 
 
 def vqgan_dims(path: str) -> tuple[int, int, int]:
@@ -51,8 +51,9 @@ class VQGANTokenizer:
 
   def __init__(self, path: str):
     import jax  # jax/flax only when the VQGAN is used
-    from unimodal_jax.vq import tokenize, vq_convert, vqgan
-    self.params, self.model = vq_convert.load_tokenizer(path)
+    from unimodal_jax.vq import tokenize, vqgan
+    from unimodal_jax.vq import weights as vq_weights
+    self.params, self.model = vq_weights.load_tokenizer(path)
     self.grid_size = self.model.resolution // vqgan.downsampling(self.model)
     devices = jax.local_devices()  # this process's own: the photos are coded on every host alike
     self.encode = tokenize.make_encoder(self.params, self.model, batch_size=8 * len(devices), devices=devices)

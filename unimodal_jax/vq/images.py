@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 from PIL import Image
 
+from unimodal_jax import extras
+
 SKIP_REASONS = ("not_an_image", "corrupt", "tiny", "huge")
 
 
@@ -67,7 +69,7 @@ class TfdsSource:
   `image_key` feature is encoded bytes or a uint8 array. No TensorFlow needed for array_record datasets."""
 
   def __init__(self, name: str, split: str, data_dir: str | None, image_key: str):
-    import tensorflow_datasets as tfds
+    tfds = extras.require("tensorflow_datasets", "a TFDS image source")
     self.label = f"{name}:{split}"
     if os.path.isdir(name):
       self.source = tfds.builder_from_directory(name).as_data_source(split=split)

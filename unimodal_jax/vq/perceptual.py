@@ -20,7 +20,7 @@ SCALE = np.array([0.458, 0.448, 0.450], np.float32)
 
 def load_weights(path: str) -> dict:
   """{'convs': [(kernel HWIO, bias)] * 13, 'heads': [w [C]] * 5} from `path`; errors name the missing tensor."""
-  from unimodal_jax.vq.vq_convert import load_state_dict
+  from unimodal_jax.vq.weights import load_state_dict
   state = load_state_dict(path)
   convs = []
   for index, channels in zip(CONVS, CHANNELS):

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from unimodal_jax.config import ARRAY_RECORD_WRITER_OPTIONS
 from unimodal_jax.vq import images as images_lib
-from unimodal_jax.vq import vq_convert, vqgan
+from unimodal_jax.vq import vqgan
+from unimodal_jax.vq import weights as vq_weights
 
 STATS_SUFFIX = ".stats.json"
 
@@ -110,7 +111,7 @@ def tokenize(source, tokenizer_dir: str, out_dir: str, *, shard_size: int = 1024
              min_size: int = 16, max_pixels: int = 8192 * 8192, progress: bool = True) -> dict:
   """Tokenize every input of `source` into `out_dir`; returns totals {inputs, written, skipped, converted,
   shards_skipped (finished before this run)}."""
-  params, config = vq_convert.load_tokenizer(tokenizer_dir)
+  params, config = vq_weights.load_tokenizer(tokenizer_dir)
   encode = make_encoder(params, config, batch_size)
   os.makedirs(out_dir, exist_ok=True)
   for stale in glob.glob(os.path.join(out_dir, ".*.tmp")):  # left by a run that was killed mid-shard

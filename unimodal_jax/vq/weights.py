@@ -1,4 +1,5 @@
-"""VQGAN weights to and from PyTorch key names: transformers' `ChameleonVQVAE` and the original Chameleon/taming.
+"""The VQGAN tokenizer's weights in PyTorch key names, and the tokenizer directory (`vqgan.safetensors` + config.json)
+that runs, `unimodal-tokenize` and the converters read. Reading transformers' Chameleon directories is convert/hf_vq.py's.
 
 Encoder, quantizer and quant convs use the names transformers uses; the decoder uses taming's (`decoder.up.<i>...`).
 Only numpy here (torch is needed just to read a `.pt`/`.bin`/`.ckpt` file); conversion is exact (transposes).
@@ -11,16 +12,13 @@ import re
 import numpy as np
 from flax import traverse_util
 
+from unimodal_jax import extras
 from unimodal_jax.vq import vqgan
 
 WEIGHTS_FILE = "vqgan.safetensors"
 CONFIG_FILE = "config.json"
-# prefixes under which a full transformers Chameleon checkpoint keeps the tokenizer
-_PREFIXES = ("model.vqmodel.", "vqmodel.")
 # taming/Chameleon training checkpoints (`vqgan.ckpt`) also hold the loss modules (PatchGAN, LPIPS): not ours
 IGNORED_PREFIXES = ("loss.",)
-# transformers ships the tokenizer encode-only: its checkpoints lack these
-ENCODE_ONLY_MISSING = ("decoder.",)
 
 
 def torch_key(path: tuple[str, ...]) -> str:
@@ -60,12 +58,11 @@ def export_state_dict(params) -> dict[str, np.ndarray]:
 def import_state_dict(state: dict, template, *, allow_missing: tuple[str, ...] = ()):
   """{torch key: array} -> params shaped like `template` (a params tree or its shapes).
 
-  Keys under a full Chameleon checkpoint's `model.vqmodel.` prefix are taken, training-loss modules (`loss.*`)
-  ignored; keys starting with a prefix in
+  Training-loss modules (`loss.*`, in taming/Chameleon `.ckpt` files) are ignored; keys starting with a prefix in
   `allow_missing` keep the template's value (e.g. the decoder, absent from transformers' checkpoints).
   Unknown keys, missing keys and shape mismatches raise, naming the tensor.
   """
-  state = {k: v for k, v in _strip_prefix(state).items() if not k.startswith(IGNORED_PREFIXES)}
+  state = {k: v for k, v in state.items() if not k.startswith(IGNORED_PREFIXES)}
   flat = traverse_util.flatten_dict(template)
   by_key = {torch_key(p): p for p in flat}
   unknown = sorted(set(state) - set(by_key))
@@ -87,41 +84,32 @@ def import_state_dict(state: dict, template, *, allow_missing: tuple[str, ...] =
   return traverse_util.unflatten_dict(out)
 
 
-def _strip_prefix(state: dict) -> dict:
-  for prefix in _PREFIXES:
-    if any(k.startswith(prefix) for k in state):
-      return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-  return dict(state)
-
-
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A safetensors file, a directory of them (as transformers saves), or a torch `.pt/.bin/.ckpt` state dict."""
+def load_state_dict(path: str, prefixes: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+  """A safetensors file, a directory of them (as transformers saves), or a torch `.pt/.bin/.ckpt` state dict; with
+  `prefixes`, only the safetensors tensors under one of them (e.g. a whole Chameleon's tokenizer, never its LM)."""
   if os.path.isdir(path):
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if not files:
       raise FileNotFoundError(f"no *.safetensors files in {path}")
-    return _load_safetensors(*files)
+    return _load_safetensors(*files, prefixes=prefixes)
   if path.endswith(".safetensors"):
-    return _load_safetensors(path)
-  import torch  # only a torch checkpoint needs torch
+    return _load_safetensors(path, prefixes=prefixes)
+  torch = extras.require("torch", f"reading the PyTorch checkpoint {path}")
   state = torch.load(path, map_location="cpu", weights_only=True)
   state = state.get("state_dict", state)  # taming/Chameleon `.ckpt` files nest it
   return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
 
 
-def _load_safetensors(*paths: str) -> dict[str, np.ndarray]:
-  """The files' tensors; from a full Chameleon checkpoint only the tokenizer's (never the LM in memory)."""
+def _load_safetensors(*paths: str, prefixes: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+  """The files' tensors; with `prefixes`, only those whose names start with one (the prefix removed)."""
   from safetensors import safe_open
-  keys = {}
+  state = {}
   for path in paths:
     with safe_open(path, framework="np") as f:
-      keys[path] = list(f.keys())
-  if any(k.startswith(_PREFIXES) for ks in keys.values() for k in ks):
-    keys = {p: [k for k in ks if k.startswith(_PREFIXES)] for p, ks in keys.items()}
-  state = {}
-  for path, names in keys.items():
-    with safe_open(path, framework="np") as f:
-      state.update({k: f.get_tensor(k) for k in names})
+      for key in f.keys():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is not None or not prefixes:
+          state[key[len(prefix or ""):]] = f.get_tensor(key)
   return state
 
 
@@ -159,9 +147,3 @@ def load_tokenizer(out_dir: str):
   vqgan.validate(config)
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
   return import_state_dict(load_state_dict(os.path.join(out_dir, WEIGHTS_FILE)), shapes), config
-
-
-def import_chameleon(path: str, template):
-  """transformers `ChameleonVQVAE` (or full Chameleon) weights -> params; the decoder keeps `template`'s values
-  when the checkpoint has none (transformers' converter drops it)."""
-  return import_state_dict(load_state_dict(path), template, allow_missing=ENCODE_ONLY_MISSING)
