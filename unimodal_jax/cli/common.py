@@ -30,11 +30,11 @@ def run(module, main: Callable[..., None], max_positional: int = 0, verbosity: i
     sys.exit(0)
 
   def absl_main(argv):
-    if len(argv) - 1 > max_positional:
-      raise app.UsageError(f"unexpected arguments: {argv[1 + max_positional:]}")
     if not flags.FLAGS["verbosity"].present:  # orbax logs every save at INFO; --verbosity=0 brings it back
       logging.set_verbosity(verbosity)
     try:
+      if len(argv) - 1 > max_positional:
+        raise app.UsageError(f"unexpected arguments: {argv[1 + max_positional:]}")
       main(argv[1:]) if max_positional else main()
     except app.UsageError as e:
       print(f"{command}: {e}\nTry `{command} --help`.", file=sys.stderr)
