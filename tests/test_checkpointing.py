@@ -1,6 +1,7 @@
-"""Kill-and-resume guarantees (DESIGN section 7): a run killed at any step (SIGKILL) or preempted (SIGTERM) and
-restarted ends with the same params bit for bit as an uninterrupted run; unreadable checkpoints are skipped;
-checkpoints restore onto another mesh; a WSD decay branched off a stable-phase checkpoint equals the full run."""
+"""Kill-and-resume guarantees (docs/design.md, "State and checkpoints"): a run killed at any step (SIGKILL) or
+preempted (SIGTERM) and restarted ends with the same params bit for bit as an uninterrupted run; unreadable
+checkpoints are skipped; checkpoints restore onto another mesh; a WSD decay branched off a stable-phase checkpoint
+equals the full run."""
 import glob
 import logging
 import os
