@@ -73,12 +73,17 @@ def committed_steps(workdir) -> list[int]:
   return [int(name) for name in (os.path.basename(os.path.dirname(p)) for p in paths) if name.isdigit()]
 
 
+def logged_step(line: str) -> int | None:
+  """N of the console line `step N/total: ...`, else None."""
+  return int(line.split()[1].split("/")[0]) if line.startswith("step ") else None
+
+
 def run_until(proc, step: int, workdir):
   """Read the run's output until it has logged `step` or later with a committed checkpoint on disk."""
   lines = []
   for line in proc.stdout:
     lines.append(line)
-    if line.startswith("step ") and int(line.split()[1].rstrip(":")) >= step and committed_steps(workdir):
+    if (logged_step(line) or 0) >= step and committed_steps(workdir):
       return
   raise AssertionError(f"the run ended before step {step}:\n" + "".join(lines[-30:]))
 
@@ -107,7 +112,7 @@ def test_killed_run_resumes_to_bitwise_identical_params(reference, tmp_path, sig
   else:
     assert proc.returncode == -signal.SIGKILL
   out = resume_to_the_end(workdir, data_dir)
-  logged = [int(line.split()[1].rstrip(":")) for line in out.splitlines() if line.startswith("step ")]
+  logged = [n for n in map(logged_step, out.splitlines()) if n is not None]
   assert logged and logged[0] > EVERY, f"the restart did not resume from a checkpoint:\n{out[-3000:]}"
   assert_bitwise_equal(final_params(workdir), final_params(ref_dir))
 
