@@ -1,7 +1,9 @@
 """Kill-and-resume guarantees (DESIGN section 7): a run killed at any step (SIGKILL) or preempted (SIGTERM) and
-restarted ends with the same params bit for bit as an uninterrupted run; unreadable checkpoints are skipped;
-checkpoints restore onto another mesh; a WSD decay branched off a stable-phase checkpoint equals the full run."""
+restarted ends with the same params bit for bit as an uninterrupted run (with input prefetch on: a checkpoint
+records the data position of the batch trained on); unreadable checkpoints are skipped; checkpoints restore onto
+another mesh, into an abstract state; a WSD decay branched off a stable-phase checkpoint equals the full run."""
 import glob
+import json
 import logging
 import os
 import random
@@ -198,3 +200,39 @@ def test_wsd_decay_branched_off_a_stable_phase_checkpoint_equals_the_full_run(tm
   assert_bitwise_equal(final_params(branch, 20), final_params(full, 20))
   longer_end, full_end = final_params(longer, 28), final_params(full, 20)
   assert any(not np.array_equal(longer_end[k], full_end[k]) for k in full_end)  # decaying later changes the result
+
+
+def test_checkpoint_records_the_data_position_after_the_last_trained_batch(reference):
+  """The loop reads ahead (train.prefetch_batches), yet the data state saved with step N is the one after batch N:
+  restored into a fresh pipeline, it yields batch N + 1 of an uninterrupted pipeline."""
+  ref_dir, data_dir = reference
+  c = run_config(data_dir)
+  assert c.train.prefetch_batches > 0
+  paths, step = loop.data_paths(c, ref_dir)[0], STEPS - EVERY
+  uninterrupted = iter(pipeline.make_dataset(c, paths))
+  for _ in range(step):
+    next(uninterrupted)
+  expected, after = next(uninterrupted), next(uninterrupted)
+  assert not np.array_equal(expected.tokens, after.tokens)
+  resumed = iter(pipeline.make_dataset(c, paths))
+  with open(os.path.join(ref_dir, "checkpoints", str(step), "data", "process_0-of-1.json")) as f:
+    resumed.set_state(json.load(f))
+  jax.tree.map(np.testing.assert_array_equal, next(resumed), expected)
+
+
+def test_resume_restores_into_the_abstract_state_without_initialising_one(reference, monkeypatch):
+  ref_dir, data_dir = reference
+  c = run_config(data_dir)
+
+  def no_init(*args, **kwargs):
+    raise AssertionError("a resume initialised a train state only to overwrite it")
+  monkeypatch.setattr(state_lib, "create_state", no_init)
+  monkeypatch.setattr(state_lib, "state_from_params", no_init)
+  model, tx = Transformer(c.model), state_lib.make_optimizer(c.optim, c.train.num_steps)
+  mesh, rules = mesh_lib.create_mesh(c.mesh), mesh_lib.axis_rules(c)
+  data_iter = iter(pipeline.make_dataset(c, loop.data_paths(c, ref_dir)[0]))
+  state, abstract = loop.initial_state(c, checkpoint.make_manager(ref_dir, c.train), data_iter, model=model, tx=tx,
+                                       mesh=mesh, rules=rules)
+  assert int(state.step) == STEPS
+  assert [x.sharding for x in jax.tree.leaves(state)] == [x.sharding for x in jax.tree.leaves(abstract)]
+  assert_bitwise_equal(flat(jax.device_get(state.params)), final_params(ref_dir))

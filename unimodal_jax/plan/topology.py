@@ -1,4 +1,5 @@
-"""TPU generations in one table, and their devices for ahead-of-time compilation on a host without TPUs.
+"""TPU generations: slice layouts on top of the per-chip table (parallel/chips.py), and their devices for
+ahead-of-time compilation on a host without TPUs.
 
 Sources for every number: docs/topologies.md. This module describes hardware; it never touches a device.
 """
