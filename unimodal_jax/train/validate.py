@@ -9,7 +9,7 @@ from unimodal_jax.vq import checks as vq_checks
 
 
 def check(config, batch_shards: int) -> None:
-  """Optimizer, schedule, accumulation, initialisation, evaluation and profiling keys."""
+  """Optimizer, schedule, accumulation, input prefetch, initialisation, evaluation and profiling keys."""
   o, t, e, m = config.optim, config.train, config.eval, config.model
   _check(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
   _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
@@ -26,6 +26,7 @@ def check(config, batch_shards: int) -> None:
          f"of the {batch_shards} data-parallel shards")
   _check(t.max_consecutive_nonfinite >= 1, "train.max_consecutive_nonfinite",
          f"must be >= 1, got {t.max_consecutive_nonfinite}")
+  _check(t.prefetch_batches >= 0, "train.prefetch_batches", f"must be >= 0, got {t.prefetch_batches}")
   _check(t.keep_period >= 0, "train.keep_period", f"must be >= 0, got {t.keep_period}")
   _check(sum(bool(x) for x in (t.init_from, t.upcycle_from, t.branch_from)) <= 1, "train.branch_from",
          f"give at most one of train.branch_from={t.branch_from!r}, init_from={t.init_from!r}, "
