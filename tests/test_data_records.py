@@ -5,6 +5,7 @@ Good documents here use text ids 3.. and 2 x 2 image grids; source A's text ids 
 """
 import flax.serialization
 import ml_collections
+import msgpack
 import numpy as np
 import pytest
 from array_record.python import array_record_module
@@ -58,10 +59,20 @@ def image(shape=(GRID, GRID), value=0):
   return {"image": np.full(shape, value, np.int32)}
 
 
+def negative_dimension_record() -> bytes:
+  """A text segment stored with shape (-1,): numpy alone would read it as 3 ids."""
+  array = msgpack.ExtType(1, msgpack.packb([[-1], "int32", np.arange(3, 6, dtype=np.int32).tobytes()]))
+  return msgpack.packb({"version": 2, "kind": "text", "segments": [{"text": array}]})
+
+
 BAD_RECORDS = {  # name -> (maker(rng, good record bytes), expected message)
     "random bytes": (lambda rng, g: rng.bytes(int(rng.integers(0, 64))), ""),
     "truncated": (lambda rng, g: g[:int(rng.integers(0, len(g) - 1))], ""),
-    "not a dict": (lambda rng, g: raw([1, 2, 3]), "version"),
+    "not a dict": (lambda rng, g: raw([1, 2, 3]), "is a map"),
+    "float version": (lambda rng, g: raw({"version": 2.0, "kind": "text", "segments": [text(5)]}), "got float 2.0"),
+    "array version": (lambda rng, g: raw({"version": np.array([2]), "kind": "text", "segments": [text(5)]}),
+                      "must be the integer 2"),
+    "negative dimension": (lambda rng, g: negative_dimension_record(), "non-negative"),
     "version 1": (lambda rng, g: raw({"version": 1, "kind": "text", "tokens": np.arange(3, 9, dtype=np.int32)}),
                   "version 1"),
     "version 3": (lambda rng, g: raw({"version": 3, "kind": "text", "segments": []}), "version 3"),
@@ -86,6 +97,15 @@ def write(path, records):
   for r in records:
     writer.write(r)
   writer.close()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECORDS))
+def test_every_refused_record_is_refused_by_the_decoder_or_the_check(name):
+  rng = np.random.default_rng(0)
+  record = BAD_RECORDS[name][0](rng, documents.encode_document(good_doc(rng)))
+  with pytest.raises(ValueError, match=f"^shard record 7: .*{BAD_RECORDS[name][1]}"):
+    doc = documents.decode_document(record, "shard record 7")
+    documents.check_document(doc, VOCAB, GRID, MAX_TOKENS, "shard record 7")
 
 
 @pytest.mark.parametrize("name", ["truncated", "version 1", "text id too large", "wrong-size image",
