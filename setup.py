@@ -26,6 +26,7 @@ setup(
         "matplotlib>=3.9,<4",
         "tqdm>=4.66,<5",
         "safetensors>=0.5,<1",  # VQGAN tokenizer weights (the demo's image tokenizer)
+        "scipy>=1.13,<2",  # scaling-law fits (scaling/fit.py: L-BFGS-B)
     ],
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7"],
