@@ -44,5 +44,6 @@ setup(
         "unimodal-train-vq=unimodal_jax.cli.train_vq:run",
         "unimodal-tokenize=unimodal_jax.cli.tokenize:run",
         "unimodal-make-shards=unimodal_jax.cli.make_shards:run",
+        "unimodal-sweep=unimodal_jax.cli.sweep:run",
     ]},
 )
