@@ -10,6 +10,7 @@
 `unimodal-sweep <command> --help` prints that command's flags.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -77,8 +78,10 @@ def cmd_launch(args, spec, runs):
   if args.dry_run:
     print(launch.dry_run(runs, spec.base_config, sweep_dir, backend))
     return 0
-  launch.prepare_shared_data(runs, spec.base_config, sweep_dir)
-  states = launch.launch(runs, spec.base_config, sweep_dir, backend, parallel=args.parallel, retries=args.retries)
+  if any(launch.run_state(r, sweep_dir).state != "done" for r in runs):
+    launch.prepare_shared_data(runs, spec.base_config, sweep_dir)
+  states = launch.launch(runs, spec.base_config, sweep_dir, backend, parallel=args.parallel, retries=args.retries,
+                         log=functools.partial(print, flush=True))
   failed = [name for name, s in states.items() if s != "done"]
   print(f"{len(states) - len(failed)}/{len(states)} runs done" + (f"; failed: {', '.join(failed)}" if failed else ""))
   return 1 if failed else 0

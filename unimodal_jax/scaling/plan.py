@@ -112,7 +112,8 @@ def check_spec(spec):
 
 
 def steps_for(tokens: float, tokens_per_step: int, multiple: int) -> int:
-  return max(multiple, multiple * round(tokens / tokens_per_step / multiple))
+  """Whole multiples of `multiple`, at least two (a WSD run needs a stable and a cooldown part)."""
+  return max(2 * multiple, multiple * round(tokens / tokens_per_step / multiple))
 
 
 def plan(spec) -> list[Run]:
