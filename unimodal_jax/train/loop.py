@@ -211,6 +211,10 @@ def train(config, workdir: str) -> dict:
           extra["checkpoint_save_blocking_s"] = blocked
       else:
         check_finite(int(jax.device_get(previous["nonfinite_streak"])) if previous else 0, t.num_steps, config)
+        if int(jax.device_get(state.skipped_steps)) >= t.num_steps:
+          raise NonFiniteError(f"all {t.num_steps} steps had NaN/Inf loss or gradients and were skipped: the params "
+                               "are the initial ones. Check the model config (e.g. model.rope_theta, model.norm_eps) "
+                               "and optim.learning_rate.")
         if manager.latest_step() != t.num_steps:
           checkpoint.save(manager, t.num_steps, state, config, every=t.checkpoint_every, data_iterator=data_iter,
                           force=True)
