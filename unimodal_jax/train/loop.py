@@ -158,13 +158,13 @@ def train(config, workdir: str) -> dict:
   if eval_paths:
     eval_batches = [mesh_lib.global_batch(b, mesh) for b in evaluate.held_out_batches(config, eval_paths, **shares)]
 
-  writer = metrics_lib.MetricsWriter(workdir)
+  start = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
   preemption = preemption_lib.PreemptionWatch()
   peak_tflops = progress.peak_tflops_per_device(config, jax.devices()[0].device_kind)
   profile_stop = t.profile_start_step + t.profile_num_steps if t.profile_start_step >= 0 else -1
   last, pending, previous, skipped = {}, [], None, 0
   extra = {f"compile_s/{name}": s for name, s in compile_s.items()}  # goes into the first logged row
-  start = int(jax.device_get(state.step))
   clock = progress.Stopwatch()
   try:
     with mesh_lib.mesh_context(mesh, rules):
@@ -218,6 +218,7 @@ def train(config, workdir: str) -> dict:
         if manager.latest_step() != t.num_steps:
           checkpoint.save(manager, t.num_steps, state, config, every=t.checkpoint_every, data_iterator=data_iter,
                           force=True)
+        checkpoint.verify(manager, t.num_steps, abstract)
   finally:  # a halt (NonFiniteError) or a failing step still lets the checkpoint being written finish
     data_iter.close()
     preemption.close()
