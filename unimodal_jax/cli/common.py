@@ -26,7 +26,8 @@ def exit_with_error(error: BaseException, code: int = 1):
   """Print the traceback and, last, one line naming the error; then leave at once: at interpreter teardown orbax's
   and grain's background threads would print pages of noise ('Event loop is closed') after it."""
   traceback.print_exception(error)
-  print(f"{os.path.basename(sys.argv[0])}: {type(error).__name__}: {error}", file=sys.stderr)
+  message = " ".join(str(error).split())  # one line, whatever the error text holds
+  print(f"{os.path.basename(sys.argv[0])}: {type(error).__name__}: {message}", file=sys.stderr)
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(code)

@@ -93,7 +93,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, data_iterator=None):
     try:
       restored = _restore(manager, step, state, data_iterator)
     except Exception as e:  # orbax/tensorstore raise many types for unreadable data
-      failures.append((step, f"{type(e).__name__}: {str(e)[:2000]}"))
+      failures.append((step, f"{type(e).__name__}: {' '.join(str(e).split())[:2000]}"))  # one line
       logging.warning("checkpoint step %d in %s cannot be restored (%s); trying an older one", step,
                       manager.directory, failures[-1][1][:500])
       continue
