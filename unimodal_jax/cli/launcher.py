@@ -4,7 +4,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import app
+from absl import app, flags
 
 from unimodal_jax.cli import common
 from unimodal_jax.launch import common as launch_common
@@ -35,6 +35,11 @@ def run(module, actions: Sequence[str], train_actions: Sequence[str],
       got = f"unknown action {positional[0]!r}" if positional else "no action"
       raise app.UsageError(f"{got}: expected one of {', '.join(actions)}")
     action, train_argv = positional[0], positional[1:]
+    own = {f.name for f in flags.FLAGS.get_flags_for_module(module.__name__)}
+    stray = next((a for a in train_argv if a.lstrip("-").split("=")[0].removeprefix("no") in own), None)
+    if stray:  # `-- ... --dry_run` would otherwise run the commands for real
+      raise app.UsageError(f"{stray} is {command}'s flag, but it comes after --, among unimodal-train's: move it "
+                           f"before --")
     if train_argv and action not in train_actions:
       raise app.UsageError(f"{action} takes no unimodal-train flags, got {train_argv}")
     try:
