@@ -100,6 +100,15 @@ def test_tpu_vm_logs_stop_and_delete(slices):
       ["gcloud", "compute", "tpus", "queued-resources", "delete", "c7b", *WHERE, "--force", "--quiet"]]
 
 
+def test_tpu_vm_setup_mounts_the_bucket_on_every_worker_before_installing():
+  (_, ssh) = dry_run("unimodal-launch-tpu-vm", "setup", *TPU, "--package=unimodal_jax[tpu]", "--mount_bucket=bkt")
+  script = remote(ssh)
+  assert script.startswith("set -e; command -v gcsfuse > /dev/null || {")
+  assert ("mountpoint -q /gcs/bkt || gcsfuse --implicit-dirs --rename-dir-limit=1000000 bkt /gcs/bkt; "
+          "[ -x ~/.local/bin/uv ]") in script
+  assert subprocess.run(["bash", "-n", "-c", script]).returncode == 0  # it parses
+
+
 @pytest.mark.parametrize("slices", [1, 2])
 def test_xpk_up_builds_the_image_submits_the_workload_and_follows_it(slices):
   dcn = [] if slices == 1 else [f"--config.mesh.dcn_data={slices}"]
@@ -123,6 +132,13 @@ def test_xpk_cluster_and_delete(slices):
                  "--reservation=my-res") == [
       ["xpk", "cluster", "create", "--cluster=tpu", "--tpu-type=v5p-256", f"--num-slices={slices}", *WHERE,
        "--reservation=my-res"]]
+  assert dry_run("unimodal-launch-xpk", "cluster", *XPK, f"--num_slices={slices}", "--provisioning=spot",
+                 "--mount_bucket=bkt") == [
+      ["xpk", "cluster", "create", "--cluster=tpu", "--tpu-type=v5p-256", f"--num-slices={slices}", *WHERE, "--spot",
+       "--enable-gcsfuse-csi-driver"],
+      ["xpk", "storage", "attach", "bkt", "--type=gcsfuse", "--bucket=bkt", "--cluster=tpu", "--auto-mount=true",
+       "--mount-point=/gcs/bkt", "--readonly=false", "--size=1024",
+       "--mount-options=implicit-dirs,rename-dir-limit=1000000", *WHERE]]
   assert dry_run("unimodal-launch-xpk", "delete", *XPK) == [
       ["xpk", "workload", "delete", "--cluster=tpu", "--workload=c7b", *WHERE, "--force"]]
   assert dry_run("unimodal-launch-xpk", "delete_cluster", *XPK) == [
@@ -150,6 +166,8 @@ def test_xpk_cluster_and_delete(slices):
     ("unimodal-launch-tpu-vm", ["delete", *TPU, "--package=x", *TRAIN], "delete takes no unimodal-train flags"),
     ("unimodal-launch-tpu-vm", ["up", *TPU, "--package=x", *TRAIN, "--num_slices=2"],
      "flag, but it comes after --, among unimodal-train's: move it before --"),
+    ("unimodal-launch-tpu-vm", ["setup", *TPU, "--package=x", "--mount_bucket=gs://bkt"],
+     "--mount_bucket='gs://bkt': expected a bucket name such as my-bucket (no gs://)"),
     ("unimodal-launch-xpk", ["cluster", *XPK, "--provisioning=reservation"],
      "--reservation=NAME goes with --provisioning=reservation"),
     ("unimodal-launch-xpk", ["train", *XPK, "--workload=" + "w" * 41, *TRAIN], "at most 40 characters"),

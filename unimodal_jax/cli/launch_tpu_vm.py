@@ -40,6 +40,9 @@ _COPY = flags.DEFINE_list("copy", ["configs"], "Local files or folders copied in
 _ENV = flags.DEFINE_multi_string("env", [], "KEY=VALUE set for unimodal-train on every worker (repeatable), e.g. "
                                  "LIBTPU_INIT_ARGS=...; always set: "
                                  f"{dict(launch_common.DEFAULT_ENV)}.")
+_MOUNT_BUCKET = flags.DEFINE_string("mount_bucket", "", "A Cloud Storage bucket mounted at /gcs/<bucket> on every "
+                                     "host (Cloud Storage FUSE): --workdir and data.dir under it are shared by all "
+                                     "hosts. Needed while unimodal-train reads and writes only local paths.")
 _PYTHON = flags.DEFINE_string("python", "3.12", "Python of the workers' venv (~/unimodal-venv, made by uv).")
 _DETACH = flags.DEFINE_bool("detach", False, "train/up: start unimodal-train in the background on every worker and "
                             "return; follow it with the logs action.")
@@ -55,7 +58,7 @@ def launch_args() -> tpu_vm.TpuVmArgs:
       accelerator_type=_ACCELERATOR_TYPE.value or "", num_slices=_NUM_SLICES.value, provisioning=_PROVISIONING.value,
       runtime_version=_RUNTIME_VERSION.value, wheel=_WHEEL.value, package=_PACKAGE.value,
       copy=tuple(p for p in _COPY.value if p), env=launch_common.parse_env(_ENV.value), python=_PYTHON.value,
-      detach=_DETACH.value)
+      detach=_DETACH.value, mount_bucket=_MOUNT_BUCKET.value)
 
 
 def build(action: str, train_argv: list[str]) -> list[list[str]]:

@@ -36,6 +36,9 @@ _MAX_RESTARTS = flags.DEFINE_integer("max_restarts", 10, "Restarts of the worklo
                                      "each resumes from the newest checkpoint.")
 _ENV = flags.DEFINE_multi_string("env", [], "KEY=VALUE set for unimodal-train in every pod (repeatable); always "
                                  f"set: {dict(launch_common.DEFAULT_ENV)}.")
+_MOUNT_BUCKET = flags.DEFINE_string("mount_bucket", "", "A Cloud Storage bucket mounted at /gcs/<bucket> on every "
+                                     "host (Cloud Storage FUSE): --workdir and data.dir under it are shared by all "
+                                     "hosts. Needed while unimodal-train reads and writes only local paths.")
 _CONTEXT = flags.DEFINE_string("context", ".", "Docker build context: the repository root (image, up).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands, one per line, instead of running them.")
 
@@ -48,7 +51,8 @@ def launch_args() -> xpk.XpkArgs:
       cluster=_CLUSTER.value or "", workload=_WORKLOAD.value or "", project=_PROJECT.value or "",
       zone=_ZONE.value or "", tpu_type=_TPU_TYPE.value or "", docker_image=_DOCKER_IMAGE.value or "",
       num_slices=_NUM_SLICES.value, provisioning=_PROVISIONING.value, reservation=_RESERVATION.value,
-      priority=_PRIORITY.value, max_restarts=_MAX_RESTARTS.value, env=launch_common.parse_env(_ENV.value))
+      priority=_PRIORITY.value, max_restarts=_MAX_RESTARTS.value, env=launch_common.parse_env(_ENV.value),
+      mount_bucket=_MOUNT_BUCKET.value)
 
 
 def build(action: str, train_argv: list[str]) -> list[list[str]]:

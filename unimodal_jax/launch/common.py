@@ -10,6 +10,7 @@ from collections.abc import Sequence
 NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 PROJECT = re.compile(r"[a-z][-a-z0-9]{4,28}[a-z0-9]")
 ZONE = re.compile(r"[a-z]+-[a-z]+[0-9]+-[a-z]")
+BUCKET = re.compile(r"[a-z0-9][-a-z0-9_.]{1,61}[a-z0-9]")  # a Cloud Storage bucket name, without gs://
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Cloud TPU accelerator types: TensorCores for v4 and v5p (two per chip), chips for v5e (v5litepod) and v6e.
 ACCELERATOR_TYPE = re.compile(r"(v4|v5p|v5litepod|v6e)-([1-9][0-9]*)")
@@ -49,6 +50,16 @@ def check_accelerator_type(flag: str, value: str) -> str:
       else ""
   raise LaunchError(f"--{flag}={value!r}: expected an accelerator type <v4|v5p|v5litepod|v6e>-<N>, "
                     f"e.g. v5p-256{hint}")
+
+
+def check_bucket(value: str) -> None:
+  if value and not BUCKET.fullmatch(value):
+    raise LaunchError(f"--mount_bucket={value!r}: expected a bucket name such as my-bucket (no gs://)")
+
+
+def mount_point(bucket: str) -> str:
+  """Where a bucket is mounted on workers and pods (Cloud Storage FUSE): paths under it are shared by all hosts."""
+  return f"/gcs/{bucket}"
 
 
 def check_num_slices(num_slices: int) -> None:

@@ -42,6 +42,7 @@ class TpuVmArgs:
   copy: tuple[str, ...] = ("configs",)  # local paths copied into every worker's home (unimodal-train's cwd)
   env: tuple[tuple[str, str], ...] = common.DEFAULT_ENV  # set for unimodal-train on every worker
   python: str = "3.12"  # the workers' venv Python (the TPU images ship 3.10; uv fetches this one)
+  mount_bucket: str = ""  # a bucket mounted at /gcs/<bucket> on every worker (Cloud Storage FUSE)
   detach: bool = False  # train in the background (nohup); follow with logs_commands
 
 
@@ -51,6 +52,7 @@ def check(args: TpuVmArgs) -> None:
   common.check_project_zone(args.project, args.zone)
   common.check_accelerator_type("accelerator_type", args.accelerator_type)
   common.check_num_slices(args.num_slices)
+  common.check_bucket(args.mount_bucket)
   if args.provisioning not in PROVISIONING:
     raise LaunchError(f"--provisioning={args.provisioning!r}: expected one of {', '.join(PROVISIONING)}")
   if bool(args.wheel) == bool(args.package):
@@ -113,16 +115,32 @@ def _install(args: TpuVmArgs) -> str:
     package = f"{pip} \"{wheel}[tpu]\" && {pip} --force-reinstall --no-deps {wheel}"
   else:
     package = f"{pip} {shlex.quote(args.package)}"
-  return (f"set -e; [ -x ~/.local/bin/uv ] || curl -LsSf https://astral.sh/uv/install.sh | sh; "
+  return (f"[ -x ~/.local/bin/uv ] || curl -LsSf https://astral.sh/uv/install.sh | sh; "
           f"[ -x {VENV}/bin/python ] || ~/.local/bin/uv venv --seed --python {shlex.quote(args.python)} {VENV}; "
           f"{package}")
 
 
+def _mount(bucket: str) -> str:
+  """Shell run on every worker: Cloud Storage FUSE from Google's apt repository, `bucket` mounted at /gcs/<bucket>.
+  --rename-dir-limit lets orbax rename its temporary checkpoint directories (on a flat bucket, object by object)."""
+  where = common.mount_point(bucket)
+  apt = "sudo apt-get -o DPkg::Lock::Timeout=600 -q"
+  return (f"command -v gcsfuse > /dev/null || {{ echo \"deb [signed-by=/usr/share/keyrings/cloud.google.asc] "
+          f"https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main\" | sudo tee "
+          f"/etc/apt/sources.list.d/gcsfuse.list > /dev/null && curl -fsSL "
+          f"https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc "
+          f"> /dev/null && {apt} update && {apt} install -y gcsfuse; }}; sudo mkdir -p {where} && sudo chown "
+          f"$(id -u):$(id -g) {where}; mountpoint -q {where} || gcsfuse --implicit-dirs --rename-dir-limit=1000000 "
+          f"{bucket} {where}; ")
+
+
 def setup_commands(args: TpuVmArgs) -> list[list[str]]:
-  """Copy the wheel and `args.copy` (configs) to every worker, then install the package there."""
+  """Copy the wheel and `args.copy` (configs) to every worker, then install the package there (and mount
+  args.mount_bucket)."""
   check(args)
   sources = [*args.copy, *([args.wheel] if args.wheel else [])]
-  return [*([_scp(args, sources)] if sources else []), _ssh(args, _install(args))]
+  mount = _mount(args.mount_bucket) if args.mount_bucket else ""
+  return [*([_scp(args, sources)] if sources else []), _ssh(args, f"set -e; {mount}{_install(args)}")]
 
 
 def train_commands(args: TpuVmArgs, train_argv: Sequence[str]) -> list[list[str]]:

@@ -35,6 +35,7 @@ class XpkArgs:
   priority: str = "medium"
   max_restarts: int = 10  # JobSet restarts after a failure or preemption; each resumes from the newest checkpoint
   env: tuple[tuple[str, str], ...] = common.DEFAULT_ENV
+  mount_bucket: str = ""  # a bucket every pod sees at /gcs/<bucket> (GCS FUSE CSI driver, attached by cluster)
 
 
 def check(args: XpkArgs) -> None:
@@ -44,6 +45,7 @@ def check(args: XpkArgs) -> None:
   common.check_project_zone(args.project, args.zone)
   common.check_accelerator_type("tpu_type", args.tpu_type)
   common.check_num_slices(args.num_slices)
+  common.check_bucket(args.mount_bucket)
   if not args.docker_image or any(c.isspace() for c in args.docker_image):
     raise LaunchError(f"--docker_image={args.docker_image!r}: expected an image reference such as "
                       f"gcr.io/PROJECT/unimodal-jax:TAG")
@@ -62,11 +64,20 @@ def _where(args: XpkArgs) -> list[str]:
 
 
 def cluster_commands(args: XpkArgs) -> list[list[str]]:
-  """Create (or resize) the GKE cluster with `num_slices` TPU node pools of `tpu_type`."""
+  """Create (or resize) the GKE cluster with `num_slices` TPU node pools of `tpu_type`; with mount_bucket, attach
+  the bucket to every workload at /gcs/<bucket> (GCS FUSE; the size is nominal, xpk asks for one)."""
   check(args)
   capacity = f"--reservation={args.reservation}" if args.reservation else f"--{args.provisioning}"
-  return [["xpk", "cluster", "create", f"--cluster={args.cluster}", f"--tpu-type={args.tpu_type}",
-           f"--num-slices={args.num_slices}", *_where(args), capacity]]
+  fuse = ["--enable-gcsfuse-csi-driver"] if args.mount_bucket else []
+  create = ["xpk", "cluster", "create", f"--cluster={args.cluster}", f"--tpu-type={args.tpu_type}",
+            f"--num-slices={args.num_slices}", *_where(args), capacity, *fuse]
+  if not args.mount_bucket:
+    return [create]
+  attach = ["xpk", "storage", "attach", args.mount_bucket.replace("_", "-").replace(".", "-"), "--type=gcsfuse",
+            f"--bucket={args.mount_bucket}", f"--cluster={args.cluster}", "--auto-mount=true",
+            f"--mount-point={common.mount_point(args.mount_bucket)}", "--readonly=false", "--size=1024",
+            "--mount-options=implicit-dirs,rename-dir-limit=1000000", *_where(args)]
+  return [create, attach]
 
 
 def image_commands(args: XpkArgs, context: str = ".") -> list[list[str]]:
