@@ -191,6 +191,16 @@ def test_an_unknown_flag_is_named():
   assert out.returncode != 0 and "num_slice" in out.stderr
 
 
+@pytest.mark.parametrize("train_argv, slices, added", [
+    (["--config", "c.py", "--workdir", "w"], 1, ["--distributed=auto"]),
+    (["--config=c.py", "--workdir=w", "--distributed=auto"], 1, []),
+    (["--config=c.py", "--workdir=w"], 4, ["--distributed=auto", "--config.mesh.dcn_data=4"]),
+    (["--config=c.py", "--workdir=w", "--config.mesh.dcn_fsdp=2"], 2, ["--distributed=auto"]),  # the user's layout
+])
+def test_every_worker_joins_the_cluster_and_multislice_defaults_to_data_parallel_slices(train_argv, slices, added):
+  assert common.pod_train_argv(train_argv, slices) == [*train_argv, *added]
+
+
 def test_running_a_command_that_fails_stops_there_with_its_status(capsys):
   code = common.run_commands([[sys.executable, "-c", "print('first')"], [sys.executable, "-c", "raise SystemExit(3)"],
                               [sys.executable, "-c", "print('never')"]], dry_run=False)

@@ -83,7 +83,8 @@ def cluster_commands(args: XpkArgs) -> list[list[str]]:
 def image_commands(args: XpkArgs, context: str = ".") -> list[list[str]]:
   """Build launch/Dockerfile from the repository root `context` and push it to args.docker_image."""
   check(args)
-  return [["docker", "build", "-f", os.path.normpath(os.path.join(context, DOCKERFILE)), "-t", args.docker_image, context],
+  dockerfile = os.path.normpath(os.path.join(context, DOCKERFILE))
+  return [["docker", "build", "-f", dockerfile, "-t", args.docker_image, context],
           ["docker", "push", args.docker_image]]
 
 
