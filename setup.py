@@ -19,6 +19,7 @@ setup(
         "numpy>=2.0,<3",
         "absl-py>=2.1,<3",
         "tokenizers>=0.22,<0.24",
+        "msgpack>=1.0,<2",  # the document record format (data/documents.py)
         "scikit-image>=0.25,<0.27",
         "pillow>=10,<14",
         "tensorboardX>=2.6,<3",

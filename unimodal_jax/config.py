@@ -124,7 +124,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
-  c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = unknown (MFU not logged)
+  c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = the chip table's peak for a known TPU, else no MFU
+  c.train.prefetch_batches = 2  # batches read and placed on the devices ahead, on a thread; 0 = in the loop
   c.train.init_from = ""  # params (only) of a checkpoint step dir to start from, e.g. `unimodal-convert from-hf`
   c.train.upcycle_from = ""  # MoT only: a dense run's checkpoint step dir; every expert starts as its weights
   # Full state (params, optimizer, step, data position) of another run's checkpoint step dir, e.g. a WSD run's

@@ -42,7 +42,10 @@ def initialize_distributed():
 
 def main():
   initialize_distributed()
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  try:
+    loop.train(_CONFIG.value, _WORKDIR.value)
+  except Exception as e:  # noqa: BLE001 -- reported, then exit without the interpreter's teardown
+    common.exit_with_error(e)
   if jax.process_index() == 0:
     print(f"Run finished. Outputs:\n{loop.describe_outputs(_WORKDIR.value)}", flush=True)
 

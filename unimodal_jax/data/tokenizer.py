@@ -64,7 +64,10 @@ class TextTokenizer:
   @classmethod
   def load(cls, path: str, vocab: vocab_lib.Vocab | None = None) -> "TextTokenizer":
     """Loads a saved tokenizer; with `vocab`, also checks that its ids fit in vocab.text_size."""
-    tokenizer = cls(tokenizers.Tokenizer.from_file(path), source=path)
+    try:
+      tokenizer = cls(tokenizers.Tokenizer.from_file(path), source=path)
+    except Exception as e:  # tokenizers raises its own Exception type for missing or malformed files
+      raise ValueError(f"{path}: not a readable text tokenizer file (tokenizer.json) ({e})") from e
     if vocab is not None:
       tokenizer.check_fits(vocab)
     return tokenizer

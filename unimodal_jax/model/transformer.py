@@ -1,4 +1,4 @@
-"""The early-fusion decoder (DESIGN section 5): one transformer over the interleaved token stream.
+"""The early-fusion decoder (docs/design.md, "Model"): one transformer over the interleaved token stream.
 
 Flax linen; every parameter carries logical axis names (never mesh axes). Attention is causal
 within a packed document and blind across documents (segment ids). Training logic lives elsewhere.

@@ -16,14 +16,39 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
 
+def truncate_jsonl(path: str, last_step: int) -> int:
+  """Drop the rows of `path` past `last_step` (a run resumed there logs them again), atomically; unparseable lines
+  (a row cut short by a kill) go too. Returns how many rows were dropped."""
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= last_step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+    except (json.JSONDecodeError, KeyError, TypeError):
+      pass
+  if len(kept) != len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+  return len(lines) - len(kept)
+
+
 class MetricsWriter:
-  def __init__(self, workdir: str):
+  """Appends to a run's metrics; `resume_step` (the step a run restarts from) first drops what was logged past it,
+  in metrics.jsonl and, through TensorBoard's purge_step, in the event files, so no step appears twice."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
     self._enabled = jax.process_index() == 0
     self.jsonl_path = os.path.join(workdir, METRICS_FILE)
     self.tensorboard_dir = os.path.join(workdir, "tensorboard")
     if self._enabled:
+      truncate_jsonl(self.jsonl_path, resume_step)
       self._file = open(self.jsonl_path, "a")
-      self._tb = SummaryWriter(self.tensorboard_dir)
+      self._tb = SummaryWriter(self.tensorboard_dir, purge_step=resume_step + 1 if resume_step else None)
 
   def write(self, step: int, metrics: dict):
     if not self._enabled:

@@ -142,8 +142,16 @@ def config_to_json(config) -> dict:
 def load_tokenizer(out_dir: str):
   """(params, config.vqgan) from a directory `save_tokenizer` wrote; bit-exact."""
   import jax
-  with open(os.path.join(out_dir, CONFIG_FILE)) as f:
-    config = config_from_hf(json.load(f))
+  config_path, weights_path = os.path.join(out_dir, CONFIG_FILE), os.path.join(out_dir, WEIGHTS_FILE)
+  try:
+    with open(config_path) as f:
+      config = config_from_hf(json.load(f))
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(f"{config_path}: not a readable VQGAN tokenizer config ({type(e).__name__}: {e})") from e
   vqgan.validate(config)
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
-  return import_state_dict(load_state_dict(os.path.join(out_dir, WEIGHTS_FILE)), shapes), config
+  try:
+    state = load_state_dict(weights_path)
+  except Exception as e:  # safetensors raises its own types for truncated or foreign files
+    raise ValueError(f"{weights_path}: not a readable VQGAN weights file ({type(e).__name__}: {e})") from e
+  return import_state_dict(state, shapes), config
