@@ -43,5 +43,7 @@ setup(
         "unimodal-train-vq=unimodal_jax.cli.train_vq:run",
         "unimodal-tokenize=unimodal_jax.cli.tokenize:run",
         "unimodal-make-shards=unimodal_jax.cli.make_shards:run",
+        "unimodal-launch-tpu-vm=unimodal_jax.cli.launch_tpu_vm:run",
+        "unimodal-launch-xpk=unimodal_jax.cli.launch_xpk:run",
     ]},
 )
