@@ -64,7 +64,7 @@ def test_bad_images_are_converted_or_skipped_with_their_names_logged(tmp_path, t
   assert [os.path.basename(r["source"]) for r in records] == ["a_rgb.png", "b_gray.png", "c_alpha.png", "d_cmyk.jpg"]
   assert [r["index"] for r in records] == [0, 1, 2, 3]
   # alpha 128 over white, grayscale replicated: what the encoder saw equals these references
-  prepared = np.stack([images_lib.prepare((src / n).read_bytes(), RESOLUTION, 12, 10 ** 4)[0]
+  prepared = np.stack([images_lib.prepare((src / n).read_bytes(), RESOLUTION, min_size=12, max_pixels=10 ** 4)[0]
                        for n in ("a_rgb.png", "b_gray.png", "c_alpha.png", "d_cmyk.jpg")])
   assert np.all(prepared[1, ..., 0] == prepared[1, ..., 2])
   np.testing.assert_array_equal(np.stack([r["codes"] for r in records]), _reference_codes(tokenizer_dir, prepared))
@@ -101,7 +101,7 @@ def test_killed_run_resumes_without_duplicating_or_losing_images(tmp_path, token
   records = tokenize.read_shards(str(out))
   assert [r["index"] for r in records] == list(range(count))
   sample = [0, count // 2, count - 1]
-  pixels = np.stack([images_lib.prepare((src / f"{i:04d}.jpg").read_bytes(), RESOLUTION, 16, 10 ** 6)[0]
+  pixels = np.stack([images_lib.prepare((src / f"{i:04d}.jpg").read_bytes(), RESOLUTION)[0]
                      for i in sample])
   np.testing.assert_array_equal(np.stack([records[i]["codes"] for i in sample]),
                                 _reference_codes(tokenizer_dir, pixels))
@@ -152,5 +152,5 @@ def test_tfds_dataset_of_uint8_images(tmp_path, tokenizer_dir):
                              progress=False)
   assert totals["written"] == 4
   records = sorted(tokenize.read_shards(str(tmp_path / "codes")), key=lambda r: r["index"])
-  pixels = np.stack([images_lib.prepare(source.load(r["index"]), RESOLUTION, 16, 10 ** 6)[0] for r in records])
+  pixels = np.stack([images_lib.prepare(source.load(r["index"]), RESOLUTION)[0] for r in records])
   np.testing.assert_array_equal(np.stack([r["codes"] for r in records]), _reference_codes(tokenizer_dir, pixels))

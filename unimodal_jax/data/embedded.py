@@ -12,18 +12,16 @@ import tempfile
 
 import numpy as np
 import pydoc_data.topics
-import skimage.color
 import skimage.data
-import skimage.transform
-import skimage.util
 
 from unimodal_jax.data import documents
 from unimodal_jax.data import tokenizer as tokenizer_lib
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.vq import codes as codes_lib
+from unimodal_jax.vq import images as images_lib
 from unimodal_jax.vq import kmeans
 
-BUILD_VERSION = 2  # bump when the documents built from the same config change
+BUILD_VERSION = 3  # bump when the documents built from the same config change
 NUM_SHARDS = 4
 KINDS = documents.KINDS
 MANIFEST = "manifest.json"
@@ -72,37 +70,22 @@ def texts() -> list[str]:
   return [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
 
 
-def _rgb_float(image: np.ndarray) -> np.ndarray:
-  """Any skimage sample (bool, gray, RGB, RGBA; uint8 or float) -> float [H, W, 3] in [0, 1]."""
-  image = skimage.util.img_as_float(image)
-  if image.ndim == 2:
-    return skimage.color.gray2rgb(image)
-  return skimage.color.rgba2rgb(image) if image.shape[-1] == 4 else image
-
-
-def center_square(image: np.ndarray, fraction: float, image_size: int) -> np.ndarray:
-  """The centred square of side fraction * min(H, W), resized to image_size -> uint8."""
-  h, w = image.shape[:2]
-  side = int(round(min(h, w) * fraction))
-  top, left = (h - side) // 2, (w - side) // 2
-  crop = image[top:top + side, left:left + side]
-  factor = side // (2 * image_size)
-  if factor > 1:  # a box filter first: resize's gaussian anti-aliasing is slow on megapixel images
-    crop = skimage.transform.downscale_local_mean(crop, (factor, factor, 1))
-  resized = skimage.transform.resize(crop, (image_size, image_size), anti_aliasing=crop.shape[0] > image_size)
-  return skimage.util.img_as_ubyte(np.clip(resized, 0.0, 1.0))
+def sample_image(name: str, index) -> np.ndarray:
+  """The scikit-image sample `name` (item `index` of a collection such as lfw_subset) as shipped: any dtype/channels."""
+  image = getattr(skimage.data, name)()
+  return image if index is None else image[index]
 
 
 def load_images(image_size: int) -> tuple[np.ndarray, list[str]]:
   """uint8 [4 * len(IMAGES), image_size, image_size, 3] and the caption of each.
 
-  Per sample: the centre square, its mirror image, a CROP zoom, and the zoom mirrored.
+  Per sample (`vq/images.prepare`, as every image path of the package): the centre square, its mirror image, a CROP
+  zoom, and the zoom mirrored.
   """
   images, captions = [], []
   for name, index, caption in IMAGES:
-    image = getattr(skimage.data, name)()
-    image = _rgb_float(image if index is None else image[index])
-    full, zoom = center_square(image, 1.0, image_size), center_square(image, CROP, image_size)
+    image = sample_image(name, index)
+    full, zoom = (images_lib.prepare(image, image_size, crop=c)[0] for c in (1.0, CROP))
     images += [full, full[:, ::-1], zoom, zoom[:, ::-1]]
     captions += [caption] * 4
   return np.stack(images), captions

@@ -15,22 +15,20 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
-import skimage.util
 import tqdm
-from PIL import Image
 
 from unimodal_jax.data import documents
-from unimodal_jax.data import embedded
 from unimodal_jax.data import tokenizer as tokenizer_lib
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.vq import codes
+from unimodal_jax.vq import images as images_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
 def load_image(path: str, image_size: int) -> np.ndarray:
-  """Any image file -> uint8 [image_size, image_size, 3]: the centred square, resized."""
-  with Image.open(path) as image:
-    rgb = np.asarray(image.convert("RGB"))
-  return embedded.center_square(skimage.util.img_as_float(rgb), 1.0, image_size)
+  """Any image file -> uint8 [image_size, image_size, 3] (`vq/images.prepare`: the centred square, resized)."""
+  with open(path, "rb") as f:
+    return images_lib.prepare(f.read(), image_size)[0]
 
 
 def jsonl_entries(path: str) -> Iterator[tuple[str, list[tuple[str, str]], str]]:
@@ -91,7 +89,7 @@ def tokenize(entries, text_tokenizer, image_tokenizer, image_size: int, images_p
       if name == "image":
         try:
           pixels.append(load_image(value, image_size))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, images_lib.Skip) as e:
           raise ValueError(f"{where}: cannot read image {value}: {e}") from e
     pending.append((kind, parts))
     if len(pixels) >= images_per_batch:

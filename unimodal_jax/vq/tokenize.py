@@ -83,7 +83,8 @@ def _tokenize_shard(source, indices, encode, resolution, min_size, max_pixels):
   for i in indices:
     name = source.name(i)
     try:
-      image, converted = images_lib.prepare(source.load(i), resolution, min_size, max_pixels)
+      image, converted = images_lib.prepare(source.load(i), resolution, min_size=min_size,
+                                                max_pixels=max_pixels)
     except images_lib.Skip as e:
       logging.warning("skipped %s (%s)", name, e)
       stats["skipped"][e.reason] += 1
