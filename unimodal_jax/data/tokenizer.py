@@ -3,12 +3,16 @@
 Ids 0, 1, 2 are <pad>, <bos>, <eos> (vocab.TEXT_SPECIAL_TOKENS); `encode` never adds them, and text that
 spells one of them (e.g. the string "<bos>") is encoded as plain bytes, never as the special id.
 """
+import hashlib
+
 import numpy as np
 import tokenizers
+from etils import epath
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from unimodal_jax.data import vocab as vocab_lib
 
+TOKENIZER_FILE = "tokenizer.json"  # the file inside a tokenizer directory (unimodal-train-text-tokenizer's --out)
 _MIN_SIZE = len(vocab_lib.TEXT_SPECIAL_TOKENS) + 256  # specials + the byte alphabet
 
 
@@ -58,13 +62,22 @@ class TextTokenizer:
       raise ValueError(f"text ids must lie in [0, {self.size}), got [{ids.min()}, {ids.max()}]")
     return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False)
 
+  def fingerprint(self) -> str:
+    """sha256 of the tokenizer's JSON: which tokenizer made a set of ids, wherever it is stored."""
+    return hashlib.sha256(self._tokenizer.to_str().encode()).hexdigest()
+
   def save(self, path: str) -> None:
-    self._tokenizer.save(path)
+    """Writes the tokenizer's JSON to `path` (a file; local or gs://...)."""
+    epath.Path(path).write_text(self._tokenizer.to_str())
 
   @classmethod
   def load(cls, path: str, vocab: vocab_lib.Vocab | None = None) -> "TextTokenizer":
-    """Loads a saved tokenizer; with `vocab`, also checks that its ids fit in vocab.text_size."""
-    tokenizer = cls(tokenizers.Tokenizer.from_file(path), source=path)
+    """Loads a saved tokenizer (its JSON file, or a directory holding TOKENIZER_FILE; local or gs://...); with
+    `vocab`, also checks that its ids fit in vocab.text_size."""
+    file = epath.Path(path)
+    if file.is_dir():
+      file = file / TOKENIZER_FILE
+    tokenizer = cls(tokenizers.Tokenizer.from_str(file.read_text()), source=str(file))
     if vocab is not None:
       tokenizer.check_fits(vocab)
     return tokenizer
