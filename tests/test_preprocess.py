@@ -1,19 +1,20 @@
 """One image preprocessing (`vq/images.prepare`) behind every path: the embedded dataset, unimodal-make-shards,
 unimodal-tokenize and VQ training see the same pixels, so the same photo gets the same codes on each path."""
-import grain
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_tokenize import RESOLUTION, tokenizer_dir  # noqa: F401  (a random 16px VQGAN, 4x4 codes)
+from test_tokenize import RESOLUTION, read_documents, tokenizer_dir  # noqa: F401  (a random 16px VQGAN, 4x4 codes)
 from unimodal_jax import config as config_lib
-from unimodal_jax.data import documents, embedded, make_shards, photos
+from unimodal_jax.data import embedded, photos
 from unimodal_jax.data import tokenizer as tokenizer_lib
-from unimodal_jax.vq import codes, tokenize
+from unimodal_jax.ingest import build, encoders, sources
+from unimodal_jax.vq import codes
 from unimodal_jax.vq import images as images_lib
 
-# an RGB, a grayscale and an RGBA sample: PNG files decode to the same arrays scikit-image ships
-SAMPLES = ("chelsea", "camera", "logo")
+# a grayscale, an RGB and an RGBA sample (in sorted order, as a folder is read): PNG files decode to the arrays
+# scikit-image ships
+SAMPLES = ("camera", "chelsea", "logo")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def test_the_four_paths_give_the_same_pixels_and_codes_for_the_same_photo(folder
 
   all_images, _ = embedded.load_images(RESOLUTION)  # 4 variants per sample; the first is the centre square
   pixels = {"embedded": np.stack([all_images[4 * index[n]] for n in SAMPLES])}
-  pixels["make-shards"] = np.stack([make_shards.load_image(str(folder / f"{n}.png"), RESOLUTION) for n in SAMPLES])
+  pixels["files"] = np.stack([images_lib.prepare((folder / f"{n}.png").read_bytes(), RESOLUTION)[0] for n in SAMPLES])
   crops = photos.PhotoCrops(RESOLUTION, seed=0, images=[(n, (folder / f"{n}.png").read_bytes()) for n in SAMPLES])
   pixels["train-vq (files)"] = crops.eval_images()
   shipped = photos.PhotoCrops(RESOLUTION, seed=0)
@@ -52,17 +53,14 @@ def test_the_four_paths_give_the_same_pixels_and_codes_for_the_same_photo(folder
 
   got = {}
   text_tok = _text_tokenizer(tmp_path)
-  shards = make_shards.make_shards(config, text_tok, make_shards.folder_entries(str(folder)), str(tmp_path / "docs"),
-                                   1, "train")
-  docs = [documents.decode_document(r) for r in grain.sources.ArrayRecordDataSource(shards)]
-  got["make-shards"] = np.stack([d.segments[1] for d in docs])  # folder order is sorted: camera, chelsea, logo
-  tokenize.tokenize(images_lib.FolderSource(str(folder)), tokenizer_dir, str(tmp_path / "codes"), shard_size=8,
-                    batch_size=8, progress=False)
-  got["tokenize"] = np.stack([r["codes"] for r in tokenize.read_shards(str(tmp_path / "codes"))])
+  tok, plan = encoders.from_config(config, text_tok)  # unimodal-make-shards
+  build.write_documents(sources.FolderSource(str(folder)), str(tmp_path / "docs"), tok, plan=plan, progress=False)
+  got["make-shards"] = np.stack([d.segments[1] for d in read_documents(tmp_path / "docs")])
+  tok, plan = encoders.from_vqgan(text_tok, tokenizer_dir, batch_size=8, max_document_tokens=1000)  # unimodal-tokenize
+  build.write_documents(sources.FolderSource(str(folder)), str(tmp_path / "codes"), tok, plan=plan, progress=False)
+  got["tokenize"] = np.stack([d.segments[1] for d in read_documents(tmp_path / "codes")])
   got["embedded"] = embedded.encode_images(config, pixels["embedded"], str(tmp_path))
-  order = sorted(range(len(SAMPLES)), key=lambda i: SAMPLES[i])
   for name, g in got.items():
-    g = g if name == "embedded" else g[np.argsort(order)]
     np.testing.assert_array_equal(g, want, err_msg=name)
 
 
