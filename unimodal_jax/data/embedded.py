@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 import pydoc_data.topics
 import skimage.data
+from etils import epath
 
 from unimodal_jax.data import documents
 from unimodal_jax.data import tokenizer as tokenizer_lib
@@ -114,7 +115,7 @@ def image_tokenizer_entry(config) -> dict:
   """Which image tokenizer codes the photos: a k-means codebook fitted here, or a saved VQGAN by content hash."""
   if config.vq.kind == "kmeans":
     return {"kind": "kmeans"}
-  path = os.path.abspath(config.vq.tokenizer_path)
+  path = config.vq.tokenizer_path if "://" in config.vq.tokenizer_path else os.path.abspath(config.vq.tokenizer_path)
   return {"kind": config.vq.kind, "path": path, "sha256": codes_lib.fingerprint(path)}
 
 
@@ -138,8 +139,7 @@ def _file_names(kind: str) -> list[str]:
 
 def _read_manifest(data_dir: str) -> dict | None:
   try:
-    with open(os.path.join(data_dir, MANIFEST)) as f:
-      return json.load(f)
+    return json.loads((epath.Path(data_dir) / MANIFEST).read_text())
   except (FileNotFoundError, json.JSONDecodeError):
     return None
 
@@ -147,7 +147,7 @@ def _read_manifest(data_dir: str) -> dict | None:
 def _ready(data_dir: str, key: str, kind: str) -> bool:
   manifest = _read_manifest(data_dir)
   return (manifest is not None and manifest.get("key") == key
-          and all(os.path.exists(os.path.join(data_dir, n)) for n in _file_names(kind)))
+          and all((epath.Path(data_dir) / n).exists() for n in _file_names(kind)))
 
 
 def encode_images(config, images: np.ndarray, out_dir: str) -> np.ndarray:
@@ -176,26 +176,30 @@ def _build(config, out_dir: str) -> dict:
 def prepare(config, data_dir: str) -> list[str]:
   """Train shard paths in data_dir, built on the first call for this config and reused afterwards.
 
-  The build goes to a temporary folder; files move into data_dir and the manifest is written last, so an
-  interrupted build is never taken for a finished one.
+  The build goes to a local temporary folder (inside data_dir when it is local); files move (or, to gs://..., are
+  uploaded) into data_dir and the manifest comes last, so an interrupted build is never taken for a finished one.
   """
-  os.makedirs(data_dir, exist_ok=True)
+  directory = epath.Path(data_dir)
+  local = "://" not in data_dir
+  directory.mkdir(parents=True, exist_ok=True)
   key = _build_key(config)
-  paths = [os.path.join(data_dir, n) for n in shard_names()]
+  paths = [str(directory / n) for n in shard_names()]
   if _ready(data_dir, key, config.vq.kind):
     return paths
   for name in (MANIFEST, CODEBOOK_FILE):  # a stale codebook would outlive a VQGAN rebuild
-    if os.path.exists(os.path.join(data_dir, name)):
-      os.remove(os.path.join(data_dir, name))
-  manifest_path = os.path.join(data_dir, MANIFEST)
-  tmp = tempfile.mkdtemp(prefix=".build-", dir=data_dir)
+    if (directory / name).exists():
+      (directory / name).unlink()
+  tmp = tempfile.mkdtemp(prefix=".build-", dir=data_dir if local else None)
   try:
     summary = _build(config, tmp)
-    for name in _file_names(config.vq.kind):
-      os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
     with open(os.path.join(tmp, MANIFEST), "w") as f:
       json.dump({"key": key, "shards": shard_names(), **summary}, f, indent=2)
-    os.replace(os.path.join(tmp, MANIFEST), manifest_path)
+    for name in [*_file_names(config.vq.kind), MANIFEST]:
+      if local:
+        os.replace(os.path.join(tmp, name), directory / name)
+      else:
+        with open(os.path.join(tmp, name), "rb") as f:
+          (directory / name).write_bytes(f.read())
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return paths
@@ -204,11 +208,11 @@ def prepare(config, data_dir: str) -> list[str]:
 def load_tokenizers(data_dir: str, vocab: vocab_lib.Vocab | None = None):
   """(TextTokenizer, image tokenizer) of a `prepare`d folder: the KMeansTokenizer it fitted, or a VQGANTokenizer
   for the VQGAN its manifest names (both have grid_size, encode, decode); with `vocab`, checks the text ids fit it."""
-  text_tok = tokenizer_lib.TextTokenizer.load(os.path.join(data_dir, TOKENIZER_FILE), vocab)
+  text_tok = tokenizer_lib.TextTokenizer.load(str(epath.Path(data_dir) / TOKENIZER_FILE), vocab)
   entry = (_read_manifest(data_dir) or {}).get("image_tokenizer", {"kind": "kmeans"})
   if entry["kind"] == "kmeans":
-    return text_tok, kmeans.KMeansTokenizer.load(os.path.join(data_dir, CODEBOOK_FILE))
+    return text_tok, kmeans.KMeansTokenizer.load(str(epath.Path(data_dir) / CODEBOOK_FILE))
   if codes_lib.fingerprint(entry["path"]) != entry["sha256"]:
-    raise ValueError(f"{os.path.join(data_dir, MANIFEST)}: the VQGAN at {entry['path']} changed since the build "
+    raise ValueError(f"{epath.Path(data_dir) / MANIFEST}: the VQGAN at {entry['path']} changed since the build "
                      f"(sha256 {entry['sha256']}); rerun `prepare` with its config")
   return text_tok, codes_lib.VQGANTokenizer(entry["path"])
