@@ -12,6 +12,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 
 class NoValidCheckpointError(RuntimeError):
@@ -26,8 +27,13 @@ def make_manager(workdir: str, train_config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+def absolute(path: str) -> epath.Path:
+  """`path` as epath sees it: local paths made absolute (orbax needs that), gs://... left as it is."""
+  return epath.Path(path if "://" in str(path) else os.path.abspath(path))
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  return absolute(workdir) / "checkpoints"
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, config, *, every: int, data_iterator=None,
@@ -120,9 +126,9 @@ def verify(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
 
 def restore_step_dir(step_dir: str, state, data_iterator):
   """The full state and data position saved in `<run>/checkpoints/<step>` (train.branch_from)."""
-  step_dir = os.path.abspath(step_dir)
-  parent, name = os.path.split(step_dir)
-  if not name.isdigit() or not os.path.isdir(os.path.join(step_dir, "state")):
+  step_dir = absolute(step_dir)
+  parent, name = step_dir.parent, step_dir.name
+  if not name.isdigit() or not (step_dir / "state").is_dir():
     raise FileNotFoundError(f"{step_dir} is not a checkpoint step directory (<run>/checkpoints/<step>)")
   with ocp.CheckpointManager(parent) as manager:
     return _restore(manager, int(name), state, data_iterator)
@@ -133,8 +139,8 @@ def restore_params(step_dir: str, abstract_params):
 
   The optimizer state of that run is not read, so it may differ from this run's.
   """
-  path = os.path.join(os.path.abspath(step_dir), "state")
-  if not os.path.isdir(path):
+  path = absolute(step_dir) / "state"
+  if not path.is_dir():
     raise FileNotFoundError(f"{step_dir} is not a checkpoint step directory (no state/ inside)")
   item = {"params": abstract_params}
   restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
