@@ -122,7 +122,7 @@ def open_shards(paths: Sequence[str]) -> grain.sources.ArrayRecordDataSource:
   is named in the error."""
   try:
     return grain.sources.ArrayRecordDataSource(list(paths))
-  except Exception as e:  # riegeli reports a truncated file without its name
+  except Exception:  # riegeli reports a truncated file without its name
     for path in paths:
       try:
         grain.sources.ArrayRecordDataSource([path])
