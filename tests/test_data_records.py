@@ -3,6 +3,8 @@
 
 Good documents here use text ids 3.. and 2 x 2 image grids; source A's text ids lie below 100, source B's above.
 """
+import os
+
 import flax.serialization
 import ml_collections
 import msgpack
@@ -281,3 +283,27 @@ def test_a_source_entry_error_names_its_key():
   c = mixture_config({}, web=("shards", "/data/web/*.array_record", 0.0))
   with pytest.raises(config_lib.ConfigError, match=r"config.data.sources.web.weight: must be > 0"):
     validate_lib.validate(c, num_devices=1)
+
+
+def test_an_unreadable_array_record_file_is_named(tmp_path):
+  rng = np.random.default_rng(4)
+  good, broken = str(tmp_path / "a.array_record"), str(tmp_path / "b.array_record")
+  write(good, [documents.encode_document(good_doc(rng)) for _ in range(5)])
+  write(broken, [documents.encode_document(good_doc(rng)) for _ in range(5)])
+  with open(broken, "r+b") as f:
+    f.truncate(os.path.getsize(broken) // 2)
+  with pytest.raises(ValueError, match=f"{broken}: not a readable ArrayRecord file"):
+    pipeline.make_dataset(config(), [good, broken])
+
+
+def test_unreadable_tokenizer_files_are_named(tmp_path):
+  from unimodal_jax.data import tokenizer as tokenizer_lib
+  from unimodal_jax.vq import weights
+  bad = tmp_path / "tokenizer.json"
+  bad.write_text("{not json")
+  with pytest.raises(ValueError, match=f"{bad}: not a readable text tokenizer"):
+    tokenizer_lib.TextTokenizer.load(str(bad))
+  (tmp_path / "vq").mkdir()
+  (tmp_path / "vq" / "config.json").write_text("[1, 2")
+  with pytest.raises(ValueError, match=f"{tmp_path / 'vq' / 'config.json'}: not a readable VQGAN tokenizer config"):
+    weights.load_tokenizer(str(tmp_path / "vq"))

@@ -1,13 +1,20 @@
 """Past one epoch: in skip mode each epoch skips exactly the injected bad records and delivers every valid record,
 errors name the record (not the index in the repeated stream), pairs are formatted per (record, epoch), and a run
 resumed in its second epoch continues exactly; with 0 and 1 worker processes."""
+import os
+import subprocess
+import sys
+
+import jax
 import numpy as np
 import pytest
 from array_record.python import array_record_module
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.data import documents, packing, pipeline
+from unimodal_jax.convert.checkpoint import load_all, read_params
 from unimodal_jax.data import sources as sources_lib
+from unimodal_jax.train.metrics import read_metrics
 
 TEXT_SIZE, NUM_CODES, GRID = 200, 16, 2
 
@@ -108,3 +115,55 @@ def test_a_run_goes_several_epochs_in_skip_mode_and_resumes_in_the_second(corpus
     got = next(resumed)
     assert all(np.array_equal(getattr(expected, f), getattr(got, f)) for f in ("tokens", "targets", "segment_ids"))
   assert resumed.bad_records == it.bad_records
+
+
+# Through unimodal-train: 16 good documents of exactly seq_len + 1 tokens (one full row each, so 8 rows = a step
+# and 2 steps = an epoch), then 4 bad records, in file order. The packer reads one document past a full batch, so
+# by the end of an epoch's second step it has met that epoch's bad records and no later ones.
+CLI_STEPS, CLI_BAD = 8, 4
+
+
+def cli_corpus(path):
+  rng = np.random.default_rng(5)
+  records = []
+  for i in range(16):
+    if i % 2:
+      ids = rng.integers(3, 512, 45).astype(np.int32)  # <bos> 45 <boi> 16 codes <eoi> <eos> = 65
+      doc = documents.Document("image_text_pair", (ids, rng.integers(0, 64, (4, 4)).astype(np.int32)))
+    else:
+      doc = documents.Document("text", (rng.integers(3, 512, 63).astype(np.int32),))  # <bos> 63 <eos> = 65
+    records.append(documents.encode_document(doc))
+  write(path, records + [b"\x93bad" + bytes([i]) for i in range(CLI_BAD)])
+
+
+def train_command(workdir, data_dir):
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  overrides = {"data.source": "shards", "data.dir": data_dir, "data.on_bad_record": "skip", "data.shuffle": False,
+               "data.caption_first_ratio": 1.0, "train.num_steps": CLI_STEPS, "train.log_every": 2,
+               "train.checkpoint_every": 4, "optim.warmup_steps": 2}
+  return [sys.executable, "-m", "unimodal_jax.cli.train", "--config", os.path.join(repo, "configs", "tiny.py"),
+          "--workdir", str(workdir), *[f"--config.{k}={v}" for k, v in overrides.items()]]
+
+
+def test_cli_run_counts_the_bad_records_of_each_epoch_and_resumes_exactly(tmp_path):
+  (tmp_path / "data").mkdir()
+  cli_corpus(str(tmp_path / "data" / "train-0.array_record"))
+  run = subprocess.run(train_command(tmp_path / "a", tmp_path / "data"), capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+  rows = {r["step"]: r for r in read_metrics(str(tmp_path / "a" / "metrics.jsonl")) if "data/bad_records" in r}
+  assert [rows[s]["data/bad_records"] for s in (2, 4, 6, 8)] == [CLI_BAD * k for k in (1, 2, 3, 4)]
+
+  proc = subprocess.Popen(train_command(tmp_path / "b", tmp_path / "data"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  for line in proc.stdout:  # kill in the third epoch, after the checkpoint of step 4
+    if line.startswith("step 6/") and os.path.exists(tmp_path / "b" / "checkpoints" / "4" / "commit_success.txt"):
+      proc.kill()
+      break
+  proc.wait(timeout=120)
+  resumed = subprocess.run(train_command(tmp_path / "b", tmp_path / "data"), capture_output=True, text=True,
+                           timeout=600)
+  assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+  rows_b = {r["step"]: r for r in read_metrics(str(tmp_path / "b" / "metrics.jsonl")) if "data/bad_records" in r}
+  assert [rows_b[s]["data/bad_records"] for s in (2, 4, 6, 8)] == [CLI_BAD * k for k in (1, 2, 3, 4)]
+  a, b = (load_all(read_params(str(tmp_path / run / "checkpoints" / str(CLI_STEPS)))) for run in "ab")
+  assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

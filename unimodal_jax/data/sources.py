@@ -6,17 +6,18 @@ array_record format, read through `tfds.data_source` / `builder_from_directory` 
 example's int32 `text_feature` [n] and `image_feature` [h, w] form an image_text_pair).
 """
 import dataclasses
-import glob
-import os
 from collections.abc import Sequence
 
 import grain
 import numpy as np
+from etils import epath
 
 from unimodal_jax import extras
 from unimodal_jax.data import documents
 
 KINDS = ("shards", "tfds")
+INGEST_PLAN_FILE = "ingest_plan.json"  # written by an ingest command (ingest/shards.py) before its first shard
+INGEST_DONE_FILE = "ingest_done.json"  # ... and after its last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,11 +88,30 @@ class Source:
   weight: float
 
 
+def glob_files(pattern: str) -> list[str]:
+  """Sorted non-hidden files matching `pattern` on any filesystem etils.epath knows (local, gs://bucket/dir/*)."""
+  path = epath.Path(pattern)
+  anchor = path
+  while any(c in anchor.name for c in "*?["):
+    anchor = anchor.parent
+  if anchor == path:
+    return [str(path)] if path.is_file() else []
+  found = anchor.glob(str(path.relative_to(anchor)))
+  return sorted(str(p) for p in found if not p.name.startswith("."))
+
+
 def shard_paths(pattern: str, key: str) -> list[str]:
-  """Sorted files matching `pattern` (a directory means its *.array_record* files); `key` names the config entry."""
-  if os.path.isdir(pattern):
-    pattern = os.path.join(pattern, "*.array_record*")
-  paths = sorted(glob.glob(pattern))
+  """Sorted files matching `pattern` (a directory means its *.array_record* files); `key` names the config entry.
+
+  A directory that an ingest command began but did not finish (its plan without its done file) is refused.
+  """
+  directory = epath.Path(pattern)
+  if directory.is_dir():
+    if (directory / INGEST_PLAN_FILE).exists() and not (directory / INGEST_DONE_FILE).exists():
+      raise ValueError(f"config.{key}={pattern!r}: the ingest command writing this directory has not finished (no "
+                       f"{INGEST_DONE_FILE}); rerun it to complete the shards")
+    pattern = str(directory / "*.array_record*")
+  paths = glob_files(pattern)
   if not paths:
     raise FileNotFoundError(f"config.{key}={pattern!r} matches no ArrayRecord shards")
   return paths
@@ -102,7 +122,7 @@ def open_shards(paths: Sequence[str]) -> grain.sources.ArrayRecordDataSource:
   is named in the error."""
   try:
     return grain.sources.ArrayRecordDataSource(list(paths))
-  except Exception as e:  # riegeli reports a truncated file without its name
+  except Exception:  # riegeli reports a truncated file without its name
     for path in paths:
       try:
         grain.sources.ArrayRecordDataSource([path])
