@@ -124,8 +124,26 @@ def cmd_plot(args):
     print(f"wrote {p}")
 
 
+def overview(top: argparse.ArgumentParser) -> str:
+  """The top-level --help: the usage above and every command's flags, as the other unimodal-* commands print them."""
+  commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices
+  flags = {}
+  for command, sub in commands.items():
+    for action in sub._actions:
+      if action.option_strings and action.dest != "help":
+        flags.setdefault(action.option_strings[0], [action.help, []])[1].append(command)
+  lines = [(__doc__ or "").strip(), "", "flags:"]
+  lines += [f"  {flag}: {help_text} ({', '.join(cmds)})" for flag, (help_text, cmds) in sorted(flags.items())]
+  return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-  args = parser().parse_args(argv)
+  argv = sys.argv[1:] if argv is None else argv
+  top = parser()
+  if argv in (["--help"], ["-h"]):
+    print(overview(top))
+    return 0
+  args = top.parse_args(argv)
   try:
     if args.command in ("fit", "plot"):
       (cmd_fit if args.command == "fit" else cmd_plot)(args)
