@@ -133,9 +133,11 @@ def launch(runs, base_config: str, sweep_dir: str, backend: Backend = local_back
       log(f"{r.name}: done; skipped")
       finished.add(r.name)
       del pending[r.name]
-    elif s.state == "failed":  # a new launch gives it another `retries`
-      log(f"{r.name}: failed before ({s.detail}); trying again")
-      write_record(r.workdir(sweep_dir), {"attempts": 0, "returncode": None})
+    else:  # each launch gives a run 1 + `retries` attempts, whatever earlier launches (or a killed one) spent
+      if s.state == "failed":
+        log(f"{r.name}: failed before ({s.detail}); trying again")
+      if s.attempts:
+        write_record(r.workdir(sweep_dir), {"attempts": 0, "returncode": None})
   while pending or running:
     for name, (proc, logf) in list(running.items()):
       if proc.poll() is None:
