@@ -64,7 +64,8 @@ def worker(args) -> None:
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
                                process_id=args.process_id)
   from jax.experimental import multihost_utils
-  from unimodal_jax.ingest import build, encoders, sources
+  from unimodal_jax.data import inputs
+  from unimodal_jax.ingest import build, encoders
   timers = {"decode": 0.0, "encode": 0.0}
 
   def timed(name, fn):
@@ -81,7 +82,7 @@ def worker(args) -> None:
                                   devices=jax.local_devices())
   tok.encode(np.zeros((args.batch_size, args.resolution, args.resolution, 3), np.uint8))  # compile outside the clock
   tok = dataclasses.replace(tok, encode=timed("encode", tok.encode))
-  source = sources.FolderSource(os.path.join(args.root, "images"))
+  source = inputs.FolderSource(os.path.join(args.root, "images"))
   source.entry = timed("decode", source.entry)
   build.images_lib.prepare = timed("decode", build.images_lib.prepare)
   barrier = (lambda: multihost_utils.sync_global_devices("bench")) if args.num_processes > 1 else (lambda: None)

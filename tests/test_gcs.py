@@ -13,7 +13,8 @@ from PIL import Image  # noqa: E402
 from test_model import load_config  # noqa: E402
 from test_tokenize import CAPTIONS, tokenizer_dir  # noqa: E402,F401  (a random 16px VQGAN, 4x4 codes of 32)
 from unimodal_jax.data import tokenizer as tokenizer_lib  # noqa: E402
-from unimodal_jax.ingest import build, encoders, sources  # noqa: E402
+from unimodal_jax.data import inputs  # noqa: E402
+from unimodal_jax.ingest import build, encoders  # noqa: E402
 from unimodal_jax.train import loop, metrics as metrics_lib  # noqa: E402
 from unimodal_jax.vq import weights as vq_weights  # noqa: E402
 
@@ -61,7 +62,7 @@ def test_tokenize_train_and_resume_in_a_bucket_end_where_a_local_run_ends(gcs, t
   vq_weights.save_tokenizer(params, vq_config, f"{BUCKET}/vqgan")  # tokenizers read back from the bucket
   tok, plan = encoders.from_vqgan(f"{BUCKET}/text_tokenizer.json", f"{BUCKET}/vqgan", batch_size=8,
                                   max_document_tokens=1000)
-  totals = build.write_documents(sources.FolderSource(str(src)), f"{BUCKET}/docs", tok, plan=plan, shard_size=5,
+  totals = build.write_documents(inputs.FolderSource(str(src)), f"{BUCKET}/docs", tok, plan=plan, shard_size=5,
                                  progress=False)
   assert totals["documents"] == 12 and totals["shards"] == 3
   assert sorted(os.path.basename(p) for p in gcs.glob(f"{BUCKET}/docs/*.array_record")) == [

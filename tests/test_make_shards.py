@@ -16,7 +16,8 @@ from unimodal_jax import config as config_lib
 from unimodal_jax.data import documents
 from unimodal_jax.data import pipeline
 from unimodal_jax.data import sources as data_sources
-from unimodal_jax.ingest import build, encoders, sources
+from unimodal_jax.data import inputs
+from unimodal_jax.ingest import build, encoders
 from unimodal_jax.data import tokenizer as tokenizer_lib
 from unimodal_jax.vq import codes
 from unimodal_jax.vq import images as images_lib
@@ -70,7 +71,7 @@ def make_shards(config, tok_path, source, out_dir, shard_size=2, **kwargs):
 
 def test_jsonl_documents_hold_the_tokenizers_ids(setup, tmp_path):
   c, tok_path, folder, jsonl, text_tok = setup
-  paths = make_shards(c, tok_path, sources.JsonlSource(jsonl), str(tmp_path))
+  paths = make_shards(c, tok_path, inputs.JsonlSource(jsonl), str(tmp_path))
   docs = read_all(paths)
   assert sorted(d.kind for d in docs) == ["image_text_pair", "interleaved", "text"]
   encode = codes.image_tokenizer(c)
@@ -113,7 +114,7 @@ def test_a_jsonl_image_that_cannot_be_read_names_the_line(setup, tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text(json.dumps({"text": "x", "image": "missing.png"}) + "\n")
   with pytest.raises(ValueError, match=f"input 0: {bad}:1: cannot read image"):
-    make_shards(c, tok_path, sources.JsonlSource(str(bad)), str(tmp_path / "o"))
+    make_shards(c, tok_path, inputs.JsonlSource(str(bad)), str(tmp_path / "o"))
 
 
 def cli(setup, folder, out, *extra):

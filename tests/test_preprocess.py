@@ -8,7 +8,8 @@ from test_tokenize import RESOLUTION, read_documents, tokenizer_dir  # noqa: F40
 from unimodal_jax import config as config_lib
 from unimodal_jax.data import embedded, photos
 from unimodal_jax.data import tokenizer as tokenizer_lib
-from unimodal_jax.ingest import build, encoders, sources
+from unimodal_jax.data import inputs
+from unimodal_jax.ingest import build, encoders
 from unimodal_jax.vq import codes
 from unimodal_jax.vq import images as images_lib
 
@@ -54,10 +55,10 @@ def test_the_four_paths_give_the_same_pixels_and_codes_for_the_same_photo(folder
   got = {}
   text_tok = _text_tokenizer(tmp_path)
   tok, plan = encoders.from_config(config, text_tok)  # unimodal-make-shards
-  build.write_documents(sources.FolderSource(str(folder)), str(tmp_path / "docs"), tok, plan=plan, progress=False)
+  build.write_documents(inputs.FolderSource(str(folder)), str(tmp_path / "docs"), tok, plan=plan, progress=False)
   got["make-shards"] = np.stack([d.segments[1] for d in read_documents(tmp_path / "docs")])
   tok, plan = encoders.from_vqgan(text_tok, tokenizer_dir, batch_size=8, max_document_tokens=1000)  # unimodal-tokenize
-  build.write_documents(sources.FolderSource(str(folder)), str(tmp_path / "codes"), tok, plan=plan, progress=False)
+  build.write_documents(inputs.FolderSource(str(folder)), str(tmp_path / "codes"), tok, plan=plan, progress=False)
   got["tokenize"] = np.stack([d.segments[1] for d in read_documents(tmp_path / "codes")])
   got["embedded"] = embedded.encode_images(config, pixels["embedded"], str(tmp_path))
   for name, g in got.items():

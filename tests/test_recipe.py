@@ -17,7 +17,8 @@ from test_tokenize import read_documents, tokenizer_dir  # noqa: F401  (a random
 from unimodal_jax.data import pipeline, sources as data_sources
 from unimodal_jax.data import tokenizer as tokenizer_lib
 from unimodal_jax.data.vocab import from_config
-from unimodal_jax.ingest import build, encoders, sources
+from unimodal_jax.data import inputs
+from unimodal_jax.ingest import build, encoders
 from unimodal_jax.train import loop, metrics as metrics_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def tokenize_two_processes(root, tokenizer_dir):  # noqa: F811
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  return json.loads(outs[0][0])
+  return json.loads(outs[0][0].strip().splitlines()[-1])  # after gloo's connection lines
 
 
 def recipe_config(root, tokenizer_dir, num_steps):  # noqa: F811
@@ -80,7 +81,7 @@ def test_text_tokenizer_to_training_on_two_process_image_tokens(tmp_path, tokeni
   assert totals["documents"] == NUM_IMAGES + NUM_IMAGES // 2 and totals["skipped"] == {}
   tok, plan = encoders.from_vqgan(str(tmp_path / "text_tok"), tokenizer_dir, batch_size=8,
                                   max_document_tokens=1 << 20, devices=jax.local_devices())
-  build.write_documents(sources.JsonlSource(str(tmp_path / "corpus.jsonl")), str(tmp_path / "one"), tok,
+  build.write_documents(inputs.JsonlSource(str(tmp_path / "corpus.jsonl")), str(tmp_path / "one"), tok,
                         plan={"source": "JsonlSource", **plan}, shard_size=8, progress=False)
   names = sorted(os.listdir(tmp_path / "shards"))
   assert names == sorted(os.listdir(tmp_path / "one")) and sum(n.endswith(".array_record") for n in names) == 5

@@ -16,7 +16,8 @@ from PIL import Image
 
 from unimodal_jax.data import documents, sources as data_sources
 from unimodal_jax.data import tokenizer as tokenizer_lib
-from unimodal_jax.ingest import build, encoders, shards, sources
+from unimodal_jax.data import inputs
+from unimodal_jax.ingest import build, encoders, shards
 from unimodal_jax.vq import images as images_lib
 from unimodal_jax.vq import vqgan
 from unimodal_jax.vq import weights as vq_weights
@@ -79,7 +80,7 @@ def test_bad_images_are_converted_or_skipped_with_their_names_logged(tmp_path, t
   data = (src / "a_rgb.png").read_bytes()
   (src / "h_truncated.png").write_bytes(data[:len(data) // 2])
   with caplog.at_level(logging.INFO):
-    totals = tokenize(sources.FolderSource(str(src)), tmp_path / "docs", tokenizer_dir, text_tokenizer, shard_size=3,
+    totals = tokenize(inputs.FolderSource(str(src)), tmp_path / "docs", tokenizer_dir, text_tokenizer, shard_size=3,
                       min_size=12, max_pixels=100 * 100, on_bad_record="skip")
   assert totals["inputs"] == 8 and totals["documents"] == 4 and totals["shards"] == 3
   assert totals["skipped"] == {"tiny": 1, "huge": 1, "not_an_image": 1, "corrupt": 1}
@@ -103,11 +104,11 @@ def test_a_bad_image_stops_the_run_naming_it_and_leaves_nothing_to_train_on(tmp_
     Image.fromarray(np.full((20, 20, 3), 60 * i, np.uint8)).save(src / f"{i}.png")
   (src / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
   with pytest.raises(shards.BadRecordError, match=r"3.png: .*--on_bad_record=skip"):
-    tokenize(sources.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=2)
+    tokenize(inputs.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=2)
   assert sorted(p.name for p in out.glob("*.array_record")) == ["train-00000-of-00002.array_record"]
   with pytest.raises(ValueError, match="has not finished"):  # training refuses the half-done directory
     data_sources.shard_paths(str(out), "data.dir")
-  totals = tokenize(sources.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=2,
+  totals = tokenize(inputs.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=2,
                     on_bad_record="skip")  # the rerun resumes: the finished shard stays, the rest is written
   assert totals["documents"] == 3 and totals["skipped"] == {"not_an_image": 1}
   assert len(read_documents(out)) == 3
@@ -119,15 +120,15 @@ def test_an_out_dir_of_another_run_is_refused(tmp_path, tokenizer_dir, text_toke
   for i in range(3):
     Image.fromarray(np.full((20, 20, 3), 80 * i, np.uint8)).save(src / f"{i}.png")
   out = tmp_path / "docs"
-  tokenize(sources.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=2)
+  tokenize(inputs.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=2)
   with pytest.raises(ValueError, match=r"holds shards of another ingest run .*differs in \['num_shards', "
                                        r"'shard_size'\]"):
-    tokenize(sources.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=1)
+    tokenize(inputs.FolderSource(str(src)), out, tokenizer_dir, text_tokenizer, shard_size=1)
   foreign = tmp_path / "foreign"
   foreign.mkdir()
   (foreign / "train-00000-of-00001.array_record").write_bytes(b"")
   with pytest.raises(ValueError, match="already has shards .* but no ingest_plan.json"):
-    tokenize(sources.FolderSource(str(src)), foreign, tokenizer_dir, text_tokenizer)
+    tokenize(inputs.FolderSource(str(src)), foreign, tokenizer_dir, text_tokenizer)
 
 
 def run_cli(src, out, tokenizer_dir, text_tokenizer, *extra):
@@ -190,8 +191,8 @@ def test_array_record_of_encoded_images_tokenizes_like_the_folder(tmp_path, toke
   for i in range(5):
     writer.write((src / f"{i}.png").read_bytes())
   writer.close()
-  for name, source in (("folder", sources.FolderSource(str(src))),
-                       ("array_record", sources.ArrayRecordSource(str(tmp_path / "*.array_record")))):
+  for name, source in (("folder", inputs.FolderSource(str(src))),
+                       ("array_record", inputs.ArrayRecordSource(str(tmp_path / "*.array_record")))):
     tokenize(source, tmp_path / name, tokenizer_dir, text_tokenizer, shard_size=4)
   folder, records = (read_documents(tmp_path / n) for n in ("folder", "array_record"))
   assert len(records) == 5
@@ -219,7 +220,7 @@ def test_tfds_dataset_of_uint8_images_with_captions(tmp_path, tokenizer_dir, tex
 
   builder = VqImages(data_dir=str(tmp_path / "tfds"), file_format="array_record")
   builder.download_and_prepare()
-  source = sources.TfdsSource(builder.data_dir, "train", None, "image", "caption")
+  source = inputs.TfdsSource(builder.data_dir, "train", None, "image", "caption")
   totals = tokenize(source, tmp_path / "docs", tokenizer_dir, text_tokenizer, shard_size=3)
   assert totals["documents"] == 4
   docs = read_documents(tmp_path / "docs")

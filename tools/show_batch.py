@@ -9,7 +9,6 @@ data.source='shards' or 'mixture' (with --text_tokenizer; images decoded by the 
 """
 import os
 
-import numpy as np
 import skimage.io
 from absl import app, flags
 from ml_collections import config_flags

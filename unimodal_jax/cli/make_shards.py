@@ -15,7 +15,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unimodal_jax.cli import common
-from unimodal_jax.ingest import build, encoders, sources
+from unimodal_jax.data import inputs
+from unimodal_jax.ingest import build, encoders
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py: vocab, vq and data settings of the run.")
 _TEXT_TOKENIZER = flags.DEFINE_string("text_tokenizer", None, "Saved text tokenizer (tokenizer.json or its folder).")
@@ -32,7 +33,7 @@ _ON_BAD = flags.DEFINE_enum("on_bad_record", "raise", ["raise", "skip"], "raise:
 def main():
   if (_JSONL.value is None) == (_IMAGE_FOLDER.value is None):
     raise app.UsageError("give exactly one of --jsonl and --image_folder")
-  source = sources.from_flags(images=_IMAGE_FOLDER.value, jsonl=_JSONL.value)
+  source = inputs.from_flags(images=_IMAGE_FOLDER.value, jsonl=_JSONL.value)
   tok, plan = encoders.from_config(_CONFIG.value, _TEXT_TOKENIZER.value, min_size=1)
   try:
     totals = build.write_documents(source, _OUT_DIR.value, tok, plan={"source": type(source).__name__, **plan},

@@ -17,7 +17,8 @@ from jax.experimental import multihost_utils
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.cli import common
-from unimodal_jax.ingest import build, encoders, sources
+from unimodal_jax.data import inputs
+from unimodal_jax.ingest import build, encoders
 
 _IMAGES = flags.DEFINE_string("images", None, "A folder of image files (recursive), each with an optional x.txt caption.")
 _JSONL = flags.DEFINE_string("jsonl", None, "A JSONL file of image-caption pairs or interleaved documents.")
@@ -49,7 +50,7 @@ def main():
     raise app.UsageError("--text_tokenizer, --tokenizer and --out_dir are required")
   _DISTRIBUTED.initialize()
   try:
-    source = sources.from_flags(images=_IMAGES.value, jsonl=_JSONL.value, tfds=_TFDS.value,
+    source = inputs.from_flags(images=_IMAGES.value, jsonl=_JSONL.value, tfds=_TFDS.value,
                                 tfds_data_dir=_TFDS_DIR.value, image_key=_IMAGE_KEY.value,
                                 caption_key=_CAPTION_KEY.value, array_record=_ARRAY_RECORD.value)
   except ValueError as e:

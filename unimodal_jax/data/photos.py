@@ -2,7 +2,10 @@
 
 Offline (the photos ship inside scikit-image); batches are a pure function of (seed, step, process): no iterator state.
 """
+import itertools
+
 import numpy as np
+from absl import logging
 
 from unimodal_jax.data import embedded
 from unimodal_jax.vq import images as images_lib
@@ -43,4 +46,48 @@ class PhotoCrops:
   def eval_images(self) -> np.ndarray:
     """The centre square of each photo (the whole short side), prepared as the tokenizer's inputs are: a fixed set
     for PSNR and figures."""
+    return self.centres
+
+
+class SourceCrops:
+  """PhotoCrops' batches from any image input (`data/inputs.py`), read as they are drawn (nothing held in memory):
+  per row a random input, scale, crop position and flip, a pure function of (seed, step, process). Inputs that are
+  not images are redrawn; `eval_images` are the centre squares of the first `num_eval` images."""
+
+  MAX_DRAWS = 100  # consecutive unusable inputs before giving up
+
+  def __init__(self, source, size: int, seed: int, scales=SCALES, num_eval: int = 32):
+    if len(source) == 0:
+      raise ValueError("the VQ training source has no inputs")
+    self.source, self.size, self.seed, self.scales = source, size, seed, scales
+    self.centres = np.stack(list(itertools.islice(self._images(range(len(source)), size), num_eval)))
+
+  def _images(self, indices, side: int, crop: float | None = 1.0):
+    """Prepared images of the inputs `indices` in order, unusable ones left out (logged)."""
+    for i in indices:
+      try:
+        _, _, parts = self.source.entry(i)
+        data = next(value for name, value in parts if name == "image")
+        yield images_lib.prepare(data, side, crop=crop)[0]
+      except (images_lib.Skip, StopIteration, OSError, ValueError, KeyError) as e:
+        logging.warning("VQ training skips input %d: %s", i, e)
+
+  def batch(self, step: int, batch_size: int, process_index: int = 0) -> np.ndarray:
+    rng = np.random.default_rng((self.seed, step, process_index))
+    out = np.empty((batch_size, self.size, self.size, 3), np.uint8)
+    for row in range(batch_size):
+      for _ in range(self.MAX_DRAWS):
+        side = int(round(self.size * self.scales[rng.integers(len(self.scales))]))
+        image = next(self._images([int(rng.integers(len(self.source)))], side, crop=None), None)
+        if image is not None:
+          break
+      else:
+        raise ValueError(f"{self.MAX_DRAWS} inputs in a row could not be read as images")
+      top = rng.integers(image.shape[0] - self.size + 1)
+      left = rng.integers(image.shape[1] - self.size + 1)
+      crop = image[top:top + self.size, left:left + self.size]
+      out[row] = crop[:, ::-1] if rng.integers(2) else crop
+    return out
+
+  def eval_images(self) -> np.ndarray:
     return self.centres

@@ -17,13 +17,14 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from unimodal_jax.config import ConfigError
-from unimodal_jax.data import photos
+from unimodal_jax.data import inputs, photos
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import checkpoint
 from unimodal_jax.train.metrics import MetricsWriter
 from unimodal_jax.vq import perceptual, vqgan
 from unimodal_jax.vq import weights as vq_weights
 
+SOURCES = ("photos", "images", "jsonl", "tfds", "array_record")
 TOKENIZER_DIR = "tokenizer"  # under the workdir: the exported tokenizer (vq_weights.save_tokenizer)
 
 
@@ -44,6 +45,7 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.perceptual_weights = ""  # VGG16 (+ LPIPS heads) weights file; see vq/perceptual.py
   c.disc_start = -1  # step the PatchGAN loss switches on; -1: never
   c.disc_weight = 0.1
+  c.adaptive_disc_weight = False  # taming: disc_weight * ‖∇L_rec‖ / ‖∇L_GAN‖ at the decoder's last layer
   c.disc_learning_rate = 2e-4
   c.disc_channels = 32
   c.disc_layers = 2
@@ -52,6 +54,10 @@ def train_config(**overrides) -> ml_collections.ConfigDict:
   c.checkpoint_every = 500
   c.keep_checkpoints = 2
   c.eval_every = 0  # steps between eval-set PSNR (and once before training); 0: only at the end
+  c.source = "photos"  # photos (scikit-image's, bundled) | images (a folder) | jsonl | tfds (name:split) | array_record
+  c.source_path = ""  # the folder, JSONL file, TFDS name:split or ArrayRecord glob of `source` (local or gs://)
+  c.image_key = "image"  # source='tfds': the feature holding the image
+  c.num_eval_images = 32  # source != 'photos': the first images of the source, as centre squares
   c.update(overrides)
   return c
 
@@ -66,6 +72,10 @@ def validate(config) -> None:
     raise ConfigError(f"config.vq_train.perceptual_weights: no file at {t.perceptual_weights}")
   if t.l1_weight <= 0 and t.l2_weight <= 0:
     raise ConfigError("config.vq_train: l1_weight or l2_weight must be > 0 (a reconstruction loss)")
+  if t.source not in SOURCES:
+    raise ConfigError(f"config.vq_train.source={t.source!r} is not one of {SOURCES}")
+  if t.source != "photos" and not t.source_path:
+    raise ConfigError(f"config.vq_train.source={t.source!r} needs config.vq_train.source_path")
   for key in ("batch_size", "num_steps", "log_every", "checkpoint_every"):
     if t[key] < 1:
       raise ConfigError(f"config.vq_train.{key} must be >= 1, got {t[key]}")
@@ -127,35 +137,65 @@ def init_state(config, key):
           "restart_counts": jnp.zeros((m.num_embeddings,), jnp.int32)}
 
 
-def make_train_step(config, lpips_weights=None):
-  """step(state, images uint8 [B, H, W, C], use_gan: static) -> (state, metrics, code counts [K])."""
+def adaptive_weight(grad_rec, grad_gan, eps: float = 1e-4):
+  """taming's λ = ‖∇L_rec‖ / (‖∇L_GAN‖ + eps), clipped to [0, 1e4], from the gradients at the decoder's last layer."""
+  return jnp.clip(jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_gan) + eps), 0.0, 1e4)
+
+
+def last_layer(tree):
+  """The leaf of the decoder's output convolution's kernel, where taming measures both gradients."""
+  return tree["decoder"]["conv_out"]["kernel"]
+
+
+def make_loss_parts(config, lpips_weights=None):
+  """loss_parts(params, disc_params, images [-1, 1], use_gan) -> ((reconstruction-side loss, adversarial loss or 0),
+  (metrics, recon, codes)): the two losses whose gradients the train step combines."""
   m, t = config.vqgan, config.vq_train
   model, disc = vqgan.VQGAN(m), PatchDiscriminator(t.disc_channels, t.disc_layers)
-  optimizer, disc_optimizer = _optimizer(t.learning_rate, t), _optimizer(t.disc_learning_rate, t)
 
-  def generator_loss(params, disc_params, images, use_gan):
+  def loss_parts(params, disc_params, images, use_gan):
     recon, aux = model.apply({"params": params}, images)
     rec = reconstruction_loss(images, recon, t.l1_weight, t.l2_weight)
     quant = t.codebook_weight * (aux["codebook_loss"] + aux["commitment_loss"])
-    loss = rec + quant
+    nll = rec + quant
     metrics = {"loss/reconstruction": rec, "loss/codebook": aux["codebook_loss"],
                "loss/commitment": aux["commitment_loss"], "psnr": psnr(images, recon)}
     if lpips_weights is not None and t.perceptual_weight > 0:
       perceptual_loss = jnp.mean(perceptual.distance(lpips_weights, recon, images))
-      loss += t.perceptual_weight * perceptual_loss
+      nll += t.perceptual_weight * perceptual_loss
       metrics["loss/perceptual"] = perceptual_loss
-    if use_gan:
-      adversarial = -jnp.mean(disc.apply({"params": disc_params}, recon))
-      loss += t.disc_weight * adversarial
-      metrics["loss/adversarial"] = adversarial
-    metrics["loss"] = loss
-    return loss, (metrics, recon, aux["codes"])
+    adversarial = -jnp.mean(disc.apply({"params": disc_params}, recon)) if use_gan else jnp.zeros(())
+    return (nll, adversarial), (metrics, recon, aux["codes"])
+  return loss_parts
+
+
+def make_train_step(config, lpips_weights=None):
+  """step(state, images uint8 [B, H, W, C], use_gan: static) -> (state, metrics, code counts [K])."""
+  m, t = config.vqgan, config.vq_train
+  disc = PatchDiscriminator(t.disc_channels, t.disc_layers)
+  optimizer, disc_optimizer = _optimizer(t.learning_rate, t), _optimizer(t.disc_learning_rate, t)
+  loss_parts = make_loss_parts(config, lpips_weights)
+
+  def generator_grads(params, disc_params, images, use_gan):
+    """Gradients of nll + w * adversarial, w = disc_weight (times λ when adaptive): one forward, two backward."""
+    (nll, adversarial), vjp, (metrics, recon, codes) = jax.vjp(
+        lambda p: loss_parts(p, disc_params, images, use_gan), params, has_aux=True)
+    grad_nll, = vjp((jnp.ones(()), jnp.zeros(())))
+    if not use_gan:
+      metrics["loss"] = nll
+      return grad_nll, metrics, recon, codes
+    grad_gan, = vjp((jnp.zeros(()), jnp.ones(())))
+    weight = t.disc_weight
+    if t.adaptive_disc_weight:
+      weight = weight * jax.lax.stop_gradient(adaptive_weight(last_layer(grad_nll), last_layer(grad_gan)))
+      metrics["disc_weight"] = weight
+    metrics["loss/adversarial"], metrics["loss"] = adversarial, nll + weight * adversarial
+    return jax.tree.map(lambda a, b: a + weight * b, grad_nll, grad_gan), metrics, recon, codes
 
   @functools.partial(jax.jit, static_argnames="use_gan", donate_argnums=0)
   def step(state, pixels, use_gan):
     images = vqgan.from_pixels(pixels)
-    grads, (metrics, recon, codes) = jax.grad(generator_loss, has_aux=True)(
-        state["params"], state["disc_params"], images, use_gan)
+    grads, metrics, recon, codes = generator_grads(state["params"], state["disc_params"], images, use_gan)
     metrics["grad_norm"] = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     state = {**state, "params": optax.apply_updates(state["params"], updates), "opt_state": opt_state}
@@ -237,8 +277,18 @@ def save_figure(originals: np.ndarray, reconstructions: np.ndarray, path: str, c
   Image.fromarray(canvas).save(path)
 
 
+def training_images(config):
+  """The image source of `config.vq_train`: the bundled photos, or random crops of any ingest input."""
+  t = config.vq_train
+  if t.source == "photos":
+    return photos.PhotoCrops(config.vqgan.resolution, config.seed)
+  source = inputs.from_flags(**{"images" if t.source == "images" else t.source: t.source_path},
+                             image_key=t.image_key)
+  return photos.SourceCrops(source, config.vqgan.resolution, config.seed, num_eval=t.num_eval_images)
+
+
 def train(config, workdir: str) -> dict:
-  """Train `config.vqgan` on the scikit-image photos; resume from the newest checkpoint in `workdir`.
+  """Train `config.vqgan` on the images of config.vq_train.source; resume from the newest checkpoint in `workdir`.
 
   Returns the final eval metrics; writes `<workdir>/tokenizer/` (weights in Chameleon/taming names + config).
   """
@@ -259,7 +309,7 @@ def train(config, workdir: str) -> dict:
   state = jax.jit(functools.partial(init_state, config), out_shardings=replicated)(jax.random.key(config.seed))
   manager = checkpoint.make_manager(workdir, t)
   state = checkpoint.restore_latest(manager, state)
-  data = photos.PhotoCrops(m.resolution, config.seed)
+  data = training_images(config)
   local_batch = t.batch_size // jax.process_count()
   step_fn, restart_fn = make_train_step(config, lpips_weights), make_restart(config)
   reconstruct = make_reconstruct(config)
