@@ -1,10 +1,10 @@
 """The KV cache decoding carries between model calls: every layer's keys and values, stacked on the scanned
 `layers` axis, and the segment id of each slot. Pure data: the Transformer writes it, unimodal_jax/sample runs the loop.
 """
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 KV_AXES = ("layers", "activation_batch", "activation_length", "activation_kv_heads", None)  # logical, of k and v
 
@@ -30,10 +30,12 @@ def init(model_config, batch_size: int, max_len: int) -> KVCache:
                  index=jnp.zeros((), jnp.int32))
 
 
-def logical_specs() -> KVCache:
-  """Logical PartitionSpecs of every field: rows over the batch axes, kv heads over 'tensor' (the rules decide)."""
-  kv = P(*KV_AXES)
-  return KVCache(k=kv, v=kv, segment_ids=P("activation_batch", "activation_length"), index=P())
+def constrain(cache: KVCache) -> KVCache:
+  """`cache` laid out on the current mesh as the logical axis rules say: rows over the batch axes, kv heads over
+  'tensor' (a no-op outside a mesh)."""
+  return KVCache(k=nn.with_logical_constraint(cache.k, KV_AXES), v=nn.with_logical_constraint(cache.v, KV_AXES),
+                 segment_ids=nn.with_logical_constraint(cache.segment_ids, ("activation_batch", "activation_length")),
+                 index=cache.index)
 
 
 def write(buffer, new, index):

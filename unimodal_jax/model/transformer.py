@@ -235,7 +235,8 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, segment_ids, modality, cache: kv_cache.KVCache | None = None,
-               deterministic: bool = True):
+               deterministic: bool = True, logits_at=None):
+    """`logits_at` [b] int32: only that token's logits per row, [b, 1, vocab] (a prompt's last, when prefilling)."""
     c = self.config
     dtype = jnp.dtype(c.dtype)
     embedding = dense.param(self, "embedding", nn.initializers.normal(0.02), (c.vocab_size, c.embed_dim),
@@ -256,6 +257,10 @@ class Transformer(nn.Module):
       cache_index, kv = cache.index, (cache.k, cache.v)
     x, kv = layers(c, deterministic, name="layers")(x, positions, segment_ids, routing, kv_segment_ids, cache_index,
                                                     kv)
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
+      routing = None if routing is None else routing.replace(
+          expert=jnp.take_along_axis(routing.expert, logits_at[:, None], axis=1))
     x = RMSNorm(c.norm_eps, dtype, dense.copies(c, "final_norm"), name="final_norm")(x, routing)
 
     if c.tie_embeddings:
