@@ -42,5 +42,6 @@ setup(
         "unimodal-train-vq=unimodal_jax.cli.train_vq:run",
         "unimodal-tokenize=unimodal_jax.cli.tokenize:run",
         "unimodal-make-shards=unimodal_jax.cli.make_shards:run",
+        "unimodal-sample=unimodal_jax.cli.sample:run",
     ]},
 )

@@ -12,6 +12,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from unimodal_jax.cli import common
+from unimodal_jax.sample import periodic
 from unimodal_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -42,7 +43,11 @@ def initialize_distributed():
 
 def main():
   initialize_distributed()
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  samples = periodic.PeriodicSamples(_CONFIG.value, _WORKDIR.value)  # validates config.sample first
+  try:
+    loop.train(_CONFIG.value, _WORKDIR.value, on_step=samples)
+  finally:
+    samples.close()
   if jax.process_index() == 0:
     print(f"Run finished. Outputs:\n{loop.describe_outputs(_WORKDIR.value)}", flush=True)
 

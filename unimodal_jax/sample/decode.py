@@ -10,6 +10,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.model import kv_cache
@@ -26,7 +27,7 @@ class Options:
   """How to sample (static: one compile per distinct Options, prompt length and batch)."""
 
   mode: str = "text"  # constraints.MODES
-  max_new_tokens: int = 64
+  max_new_tokens: int = 64  # image mode: ignored, it generates the one image's remaining codes and <eoi>
   temperature: float = 1.0  # 0: greedy
   top_k: int = 0  # 0: off
   top_p: float = 1.0  # 1: off
@@ -62,6 +63,16 @@ class Samples:
   tokens: np.ndarray  # [b, max_new_tokens] int32 generated ids; <pad> after each row's end
   lengths: np.ndarray  # [b] tokens generated, the stopping <eos> (or image mode's <eoi>) included
   prompts: list  # the prompts as sampled (image mode: with the <boi> it appends)
+
+  def continuations(self, vocab: vocab_lib.Vocab) -> list[np.ndarray]:
+    """Each row's generated ids up to its end, after the image its prompt left open (from its <boi>), so that an
+    image begun in the prompt reads whole."""
+    out = []
+    for prompt, row, n in zip(self.prompts, self.tokens, self.lengths):
+      codes = constraints.open_image_codes(prompt, vocab)
+      tail = prompt[len(prompt) - codes - 1:] if codes is not None else prompt[:0]
+      out.append(np.concatenate([tail, row[:n]]).astype(np.int32))
+    return out
 
 
 def conditional_prompts(prompts, options: Options, grammar: constraints.Grammar) -> list[np.ndarray]:
@@ -165,6 +176,8 @@ class Sampler:
     padded = pad_rows([r for stream in streams for r in stream], options.padding)
     lengths = np.array([len(r) for stream in streams for r in stream], np.int32)
     image_left = np.array([constraints.initial_image_left(r, grammar) for r in rows], np.int32)
+    if options.mode == "image":  # exactly the open image's remaining codes and its <eoi>
+      options = dataclasses.replace(options, max_new_tokens=int(image_left.max()) + 1)
     seen = np.zeros((len(rows), self.model.config.vocab_size), bool)
     for i, r in enumerate(rows):
       seen[i, r] = True
@@ -174,6 +187,8 @@ class Sampler:
                                              padded["last"])
       out, done_at = self._decode(options, len(streams))(params, cache, logits, lengths, image_left, seen,
                                                          jax.random.key(seed))
+    if jax.process_count() > 1:  # rows live on every process's devices
+      out, done_at = multihost_utils.process_allgather((out, done_at), tiled=True)
     out, done_at = np.asarray(out)[:b], np.asarray(done_at)[:b]
     return Samples(tokens=out, lengths=done_at, prompts=prompts)
 

@@ -123,8 +123,11 @@ def initial_state(config, manager, data_iter, *, model, tx, mesh, rules):
   return state, shardings
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, on_step=None) -> dict:
   """Train `config` in `workdir`, resuming from its newest readable checkpoint; returns the last logged metrics.
+
+  `on_step(step, params)`, if given, runs after every step inside the mesh context (unimodal-train passes
+  sample/periodic.py's hook, which samples every config.sample.every steps).
 
   On SIGTERM (any host) it saves at the next step boundary every process agrees on and returns early.
   """
@@ -182,6 +185,8 @@ def train(config, workdir: str) -> dict:
           writer.write(done, last)
           print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
           pending, extra, t0 = [], {}, time.perf_counter()
+        if on_step is not None:
+          on_step(done, state.params)
         if preemption.reached(done):
           checkpoint.save(manager, done, state, config, every=t.checkpoint_every, data_iterator=data_iter, force=True)
           print(f"Preempted: saved step {done}, exiting.", flush=True)
