@@ -42,11 +42,11 @@ def prompts_and_feed(vocab, rng):
 
 def full_forward_logits(model, params, vocab, prompt, feed_row):
   """The reference: one forward pass over the unpadded prompt + fed tokens; logits at the prompt's last token and
-  at every fed token but the last."""
+  at every fed token."""
   seq = np.concatenate([prompt, feed_row])[None]
   n = seq.shape[1]
   logits = model.apply({"params": params}, seq, np.arange(n)[None], np.ones((1, n), np.int32), vocab.modality(seq))
-  return np.asarray(logits[0, len(prompt) - 1:n - 1])
+  return np.asarray(logits[0, len(prompt) - 1:])
 
 
 def cached_logits(model, params, vocab, prompts, feed, padding):
@@ -107,8 +107,8 @@ def test_guided_greedy_image_follows_the_full_forward_of_both_streams():
   codes = vocab.is_image(np.arange(c.model.vocab_size))
   for prompt, row in zip(samples.prompts, samples.tokens):
     assert prompt[-1] == vocab.boi_id and row[CODES] == vocab.eoi_id
-    cond = full_forward_logits(model, params, vocab, prompt, row[:CODES])
-    uncond = full_forward_logits(model, params, vocab, np.array([BOS_ID, vocab.boi_id]), row[:CODES])
+    cond = full_forward_logits(model, params, vocab, prompt, row[:CODES - 1])
+    uncond = full_forward_logits(model, params, vocab, np.array([BOS_ID, vocab.boi_id]), row[:CODES - 1])
     guided = np.where(codes, uncond + 3.0 * (cond - uncond), -np.inf)
     np.testing.assert_array_equal(np.argmax(guided, axis=-1), row[:CODES])
 
