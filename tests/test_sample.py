@@ -40,13 +40,14 @@ def prompts_and_feed(vocab, rng):
   return prompts, feed.astype(np.int32)
 
 
-def full_forward_logits(model, params, vocab, prompt, feed_row):
-  """The reference: one forward pass over the unpadded prompt + fed tokens; logits at the prompt's last token and
-  at every fed token."""
-  seq = np.concatenate([prompt, feed_row])[None]
-  n = seq.shape[1]
-  logits = model.apply({"params": params}, seq, np.arange(n)[None], np.ones((1, n), np.int32), vocab.modality(seq))
-  return np.asarray(logits[0, len(prompt) - 1:])
+def full_forward_logits(model, params, vocab, prompts, fed):
+  """The reference: one forward pass of the training path over each unpadded prompt + its fed tokens (rows padded
+  after their end); per row, the logits at the prompt's last token and at every fed token."""
+  seqs = [np.concatenate([p, f]) for p, f in zip(prompts, fed)]
+  batch = decode.pad_rows(seqs, "right")
+  logits = jax.jit(model.apply)({"params": params}, batch["tokens"], batch["positions"], batch["segment_ids"],
+                                vocab.modality(batch["tokens"]))
+  return [np.asarray(logits[i, len(p) - 1:len(q)]) for i, (p, q) in enumerate(zip(prompts, seqs))]
 
 
 def cached_logits(model, params, vocab, prompts, feed, padding):
@@ -68,7 +69,7 @@ def cached_logits(model, params, vocab, prompts, feed, padding):
 def assert_cached_equals_full(name, mesh_shape):
   c, vocab, model, params = setup(name)
   prompts, feed = prompts_and_feed(vocab, np.random.default_rng(0))
-  expected = [full_forward_logits(model, params, vocab, p, f) for p, f in zip(prompts, feed)]
+  expected = full_forward_logits(model, params, vocab, prompts, feed)
   context, placed = contextlib.nullcontext(), params
   if mesh_shape:
     mesh_config = c.mesh.copy_and_resolve_references()
@@ -105,10 +106,12 @@ def test_guided_greedy_image_follows_the_full_forward_of_both_streams():
   samples = sampler.generate(params, prompts, decode.Options(mode="image", temperature=0.0, cfg=3.0))
   assert samples.lengths.tolist() == [CODES + 1] * 2
   codes = vocab.is_image(np.arange(c.model.vocab_size))
-  for prompt, row in zip(samples.prompts, samples.tokens):
-    assert prompt[-1] == vocab.boi_id and row[CODES] == vocab.eoi_id
-    cond = full_forward_logits(model, params, vocab, prompt, row[:CODES - 1])
-    uncond = full_forward_logits(model, params, vocab, np.array([BOS_ID, vocab.boi_id]), row[:CODES - 1])
+  assert all(p[-1] == vocab.boi_id for p in samples.prompts) and (samples.tokens[:, CODES] == vocab.eoi_id).all()
+  fed = [row[:CODES - 1] for row in samples.tokens]
+  null = [np.array([BOS_ID, vocab.boi_id])] * len(fed)
+  references = zip(full_forward_logits(model, params, vocab, samples.prompts, fed),
+                   full_forward_logits(model, params, vocab, null, fed))
+  for (cond, uncond), row in zip(references, samples.tokens):
     guided = np.where(codes, uncond + 3.0 * (cond - uncond), -np.inf)
     np.testing.assert_array_equal(np.argmax(guided, axis=-1), row[:CODES])
 
