@@ -87,8 +87,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = False
   c.model.dropout_rate = 0.0
   c.model.z_loss = 1e-5
+  # Output head + loss over blocks of this many positions (recomputed in the backward pass), so that the float32
+  # [rows, seq_len, vocab] logits and their gradient never exist at once; 0 = off. Must divide data.seq_len.
+  c.model.loss_chunk_size = 0
   c.model.remat_policy = "none"
-  c.model.attention = "xla"  # one of model/attention.py IMPLEMENTATIONS
+  c.model.attention = "auto"  # one of model/attention.py IMPLEMENTATIONS; "auto": by platform (attention.resolve)
   c.model.num_experts = 1  # 1: dense; 2: Mixture-of-Transformers, one expert per modality (text, image)
   c.model.mot_untied = MOT_GROUPS  # weight groups with one copy per expert when num_experts > 1
   c.model.mot_impl = "grouped"  # "grouped" (ragged matmuls, dense FLOPs) or "masked" (the test oracle)
@@ -124,7 +127,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
-  c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = unknown (MFU not logged)
+  c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = the chip table's peak for a known TPU, else no MFU
+  c.train.prefetch_batches = 2  # batches read and placed on the devices ahead, on a thread; 0 = in the loop
   c.train.init_from = ""  # params (only) of a checkpoint step dir to start from, e.g. `unimodal-convert from-hf`
   c.train.upcycle_from = ""  # MoT only: a dense run's checkpoint step dir; every expert starts as its weights
   # Full state (params, optimizer, step, data position) of another run's checkpoint step dir, e.g. a WSD run's

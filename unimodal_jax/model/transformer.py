@@ -1,4 +1,4 @@
-"""The early-fusion decoder (DESIGN section 5): one transformer over the interleaved token stream.
+"""The early-fusion decoder (docs/design.md, "Model"): one transformer over the interleaved token stream.
 
 Flax linen; every parameter carries logical axis names (never mesh axes). Attention is causal
 within a packed document and blind across documents (segment ids). Training logic lives elsewhere.
@@ -220,7 +220,9 @@ def batch_inputs(batch: PackedBatch) -> dict:
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size].
+  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size], or with
+  `return_hidden=True` the final normed hidden states [b, s, embed] and the output head [embed, vocab_size],
+  both in the compute dtype, for a loss that applies the head itself (model/loss.py, chunked).
 
   Inputs are [b, s] int32 arrays: `tokens`, `positions` (inside each document), `segment_ids` (1.. per document, 0
   = padding) and `modality` (data/vocab.py; routes MoT experts). With model.num_experts > 1 it is a
@@ -235,7 +237,7 @@ class Transformer(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, positions, segment_ids, modality, cache: kv_cache.KVCache | None = None,
-               deterministic: bool = True, logits_at=None):
+               deterministic: bool = True, return_hidden: bool = False, logits_at=None):
     """`logits_at` [b] int32: only that token's logits per row, [b, 1, vocab] (a prompt's last, when prefilling)."""
     c = self.config
     dtype = jnp.dtype(c.dtype)
@@ -268,6 +270,8 @@ class Transformer(nn.Module):
     else:
       head = dense.param(self, "lm_head", nn.initializers.normal(c.embed_dim**-0.5), (c.embed_dim, c.vocab_size),
                          ("embed", "vocab"))
+    if return_hidden:
+      return x, head.astype(dtype)
     logits = output_logits(x, head.astype(dtype))
     logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
     if cache is None:

@@ -121,15 +121,27 @@ def state_shardings(model, tx, mesh, rules, seq_len: int):
                     nonfinite_streak=replicated)
 
 
-def _init_state(model, tx, rng, seq_len):
-  params = init_params(model, rng, seq_len)
+def _state_at_step_0(params, tx) -> TrainState:
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped_steps=zero, nonfinite_streak=zero)
 
 
-def create_state(model, tx, mesh, rules, rng, seq_len: int):
-  """A freshly initialised TrainState laid out on `mesh`, and its shardings."""
-  shardings = state_shardings(model, tx, mesh, rules, seq_len)
+def _init_state(model, tx, rng, seq_len):
+  return _state_at_step_0(init_params(model, rng, seq_len), tx)
+
+
+def create_state(model, tx, mesh, rules, rng, seq_len: int, shardings=None):
+  """A freshly initialised TrainState laid out on `mesh` (in `shardings`, derived when not given), and its
+  shardings."""
+  if shardings is None:
+    shardings = state_shardings(model, tx, mesh, rules, seq_len)
   with mesh_lib.mesh_context(mesh, rules):
     state = jax.jit(lambda r: _init_state(model, tx, r, seq_len), out_shardings=shardings)(rng)
   return state, shardings
+
+
+def state_from_params(params, tx, mesh, rules, shardings) -> TrainState:
+  """A TrainState at step 0 around given `params` (a converted or upcycled checkpoint): fresh optimizer state,
+  laid out in `shardings`, without initialising parameters only to replace them."""
+  with mesh_lib.mesh_context(mesh, rules):
+    return jax.jit(lambda p: _state_at_step_0(p, tx), out_shardings=shardings)(params)
