@@ -1,5 +1,6 @@
 """Generated images: the code grids inside sampled token rows, and PNG grids of their pixels."""
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from unimodal_jax.data import vocab as vocab_lib
@@ -29,6 +30,8 @@ def grid(images: np.ndarray, columns: int = 0) -> np.ndarray:
   return out
 
 
-def write_png(image: np.ndarray, path: str) -> str:
-  Image.fromarray(np.asarray(image, np.uint8)).save(path)
-  return path
+def write_png(image: np.ndarray, path) -> str:
+  """uint8 [H, W, 3] as a PNG at `path` (local or any etils.epath location); returns the path."""
+  with epath.Path(path).open("wb") as f:
+    Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
+  return str(path)

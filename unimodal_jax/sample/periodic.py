@@ -1,10 +1,9 @@
 """Samples during training: every `config.sample.every` steps, the configured prompts' samples as a PNG grid (image
 and interleaved modes) and texts, into TensorBoard and <workdir>/samples. unimodal-train builds it; the loop calls it.
 """
-import os
-
 import jax
 import numpy as np
+from etils import epath
 from tensorboardX import SummaryWriter
 
 from unimodal_jax.data import embedded, vocab as vocab_lib
@@ -29,8 +28,8 @@ def grid_size(config) -> tuple[int, int]:
 
 def text_tokenizer_path(config, workdir: str) -> str:
   """config.sample.text_tokenizer, else the tokenizer.json of the run's data folder."""
-  data_dir = config.data.dir or os.path.join(workdir, "data")
-  return config.sample.text_tokenizer or os.path.join(data_dir, embedded.TOKENIZER_FILE)
+  data_dir = config.data.dir or str(epath.Path(workdir) / "data")
+  return config.sample.text_tokenizer or str(epath.Path(data_dir) / embedded.TOKENIZER_FILE)
 
 
 def image_codec(config, workdir: str):
@@ -38,8 +37,8 @@ def image_codec(config, workdir: str):
   folder was prepared with (its k-means codebook or VQGAN); (None, None) when the run has none."""
   if config.vq.tokenizer_path:
     return codes_lib.image_tokenizer(config), codes_lib.image_decoder(config)
-  data_dir = config.data.dir or os.path.join(workdir, "data")
-  if config.data.source == "embedded" and os.path.exists(os.path.join(data_dir, embedded.MANIFEST)):
+  data_dir = config.data.dir or str(epath.Path(workdir) / "data")
+  if config.data.source == "embedded" and (epath.Path(data_dir) / embedded.MANIFEST).exists():
     _, tokenizer = embedded.load_tokenizers(data_dir)
     return tokenizer.encode, tokenizer.decode
   return None, None
@@ -68,12 +67,12 @@ class PeriodicSamples:
     c = self.config
     vocab = vocab_lib.from_config(c)
     path = text_tokenizer_path(c, self.workdir)
-    if not os.path.exists(path):
+    if not epath.Path(path).exists():
       raise FileNotFoundError(f"config.sample.text_tokenizer: no text tokenizer at {path}")
     g = grid_size(c)
     sampler = decode.Sampler(c.model, vocab, g[0] * g[1], mesh_lib.create_mesh(c.mesh), mesh_lib.axis_rules(c))
     decoder = image_codec(c, self.workdir)[1] if c.sample.mode != "text" else None
-    tb = SummaryWriter(os.path.join(self.workdir, "tensorboard")) if jax.process_index() == 0 else None
+    tb = SummaryWriter(str(epath.Path(self.workdir) / "tensorboard")) if jax.process_index() == 0 else None
     return vocab, text_lib.TextCodec.for_run(path, vocab), sampler, decoder, tb
 
   def __call__(self, step: int, params) -> None:
@@ -87,15 +86,14 @@ class PeriodicSamples:
     texts, pixels = sample_rows(samples, vocab, codec, grid_size(self.config), decoder)
     if tb is None:
       return
-    out_dir = os.path.join(self.workdir, SAMPLES_DIR)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = epath.Path(self.workdir) / SAMPLES_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"[{p}] {t}" for p, t in zip((p for p in s.prompts for _ in range(s.num_samples)), texts)]
-    with open(os.path.join(out_dir, f"step_{step}.txt"), "w") as f:
-      f.write("\n".join(lines) + "\n")
+    (out_dir / f"step_{step}.txt").write_text("\n".join(lines) + "\n")
     tb.add_text("samples/text", "\n\n".join(lines), step)
     if pixels is not None:
       picture = images_lib.grid(pixels, columns=s.num_samples)
-      images_lib.write_png(picture, os.path.join(out_dir, f"step_{step}.png"))
+      images_lib.write_png(picture, out_dir / f"step_{step}.png")
       tb.add_image("samples/images", picture, step, dataformats="HWC")
     tb.flush()
 

@@ -5,6 +5,7 @@ A run's text tokenizer speaks our ids; a transformers Chameleon checkpoint's `to
 """
 import numpy as np
 import tokenizers
+from etils import epath
 
 from unimodal_jax.data import tokenizer as tokenizer_lib, vocab as vocab_lib
 
@@ -12,26 +13,28 @@ from unimodal_jax.data import tokenizer as tokenizer_lib, vocab as vocab_lib
 class TextCodec:
   """encode: str -> our text ids; decode: our text ids -> str."""
 
-  def __init__(self, tokenizer: tokenizers.Tokenizer, hf_id_of: np.ndarray | None = None, source: str = ""):
-    tokenizer.encode_special_tokens = True  # a prompt that spells "<bos>" is text, not the special id
-    self._tokenizer, self._hf_id_of, self.source = tokenizer, hf_id_of, source
+  def __init__(self, encode, decode, hf_id_of: np.ndarray | None = None, source: str = ""):
+    self._encode, self._decode, self._hf_id_of, self.source = encode, decode, hf_id_of, source
     if hf_id_of is not None:
       self._ours_of = np.full(int(hf_id_of.max()) + 1, -1, np.int64)
       self._ours_of[hf_id_of] = np.arange(len(hf_id_of))
 
   @classmethod
   def for_run(cls, path: str, vocab: vocab_lib.Vocab) -> "TextCodec":
-    """The run's BPE (data/tokenizer.py), checked to fit vocab.text_size."""
-    tokenizer_lib.TextTokenizer.load(path, vocab)
-    return cls(tokenizers.Tokenizer.from_file(path), source=path)
+    """The run's BPE (data/tokenizer.py: its file or directory), checked to fit vocab.text_size."""
+    tokenizer = tokenizer_lib.TextTokenizer.load(path, vocab)
+    return cls(tokenizer.encode, tokenizer.decode, source=path)
 
   @classmethod
   def for_checkpoint(cls, path: str, hf_id_of: np.ndarray) -> "TextCodec":
     """A transformers checkpoint's tokenizer.json, whose ids `hf_id_of` maps to ours."""
-    return cls(tokenizers.Tokenizer.from_file(path), hf_id_of, source=path)
+    tokenizer = tokenizers.Tokenizer.from_str(epath.Path(path).read_text())
+    tokenizer.encode_special_tokens = True  # a prompt that spells "<s>" is text, not the special id
+    return cls(lambda text: tokenizer.encode(text, add_special_tokens=False).ids,
+               lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False), hf_id_of, source=path)
 
   def encode(self, text: str) -> np.ndarray:
-    ids = np.asarray(self._tokenizer.encode(text, add_special_tokens=False).ids, np.int64)
+    ids = np.asarray(self._encode(text), np.int64).reshape(-1)
     if self._hf_id_of is None:
       return ids.astype(np.int32)
     ours = self._ours_of[np.clip(ids, 0, len(self._ours_of) - 1)]
@@ -43,7 +46,7 @@ class TextCodec:
     ids = np.asarray(ids, np.int64).reshape(-1)
     if self._hf_id_of is not None:
       ids = self._hf_id_of[ids]
-    return self._tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+    return self._decode([int(i) for i in ids])
 
 
 def prompt(text: str, codec: TextCodec, image_tokens=None) -> np.ndarray:
