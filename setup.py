@@ -52,5 +52,6 @@ setup(
         "unimodal-launch-xpk=unimodal_jax.cli.launch_xpk:run",
         "unimodal-train-text-tokenizer=unimodal_jax.cli.train_text_tokenizer:run",
         "unimodal-sweep=unimodal_jax.cli.sweep:run",
+        "unimodal-sample=unimodal_jax.cli.sample:run",
     ]},
 )

@@ -4,7 +4,6 @@ over 'tensor' on 8 devices; the full [rows, seq_len, vocab] logits never appear 
 import functools
 import re
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -53,8 +52,7 @@ def assert_same(got, want):
 
 
 def init_params(c):
-  model = Transformer(c.model)
-  return nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(c.data.seq_len))["params"])
+  return state_lib.init_params(Transformer(c.model), jax.random.key(0), c.data.seq_len)
 
 
 @pytest.mark.parametrize("name, overrides", [

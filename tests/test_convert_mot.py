@@ -21,7 +21,7 @@ from unimodal_jax import config as config_lib
 from unimodal_jax.convert import checkpoint, mot, rope_layout, tensors
 from unimodal_jax.convert.hf_chameleon import ConversionError
 from unimodal_jax.data.vocab import from_config
-from unimodal_jax.model.transformer import Transformer
+from unimodal_jax.model.transformer import Transformer, batch_inputs
 from unimodal_jax.train import checkpoint as train_checkpoint
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
@@ -62,7 +62,7 @@ def jitted_apply(case):  # one compile per case, shared by the tests that use it
 
 
 def our_logits(params, case, batch):
-  return np.asarray(jitted_apply(case)({"params": params}, batch))
+  return np.asarray(jitted_apply(case)({"params": params}, **batch_inputs(batch)))
 
 
 def reference_logits(torch_dir, batch, modality=None):

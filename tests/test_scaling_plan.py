@@ -2,7 +2,6 @@
 import math
 import os
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from unimodal_jax.config import ConfigError, load_config_file
 from unimodal_jax.model import flops as flops_lib
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.scaling import families, plan
-from unimodal_jax.train.state import dummy_batch
+from unimodal_jax.train.state import init_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_SPEC = os.path.join(ROOT, "configs", "sweeps", "tiny.py")
@@ -19,7 +18,7 @@ TINY_SPEC = os.path.join(ROOT, "configs", "sweeps", "tiny.py")
 
 def initialised_counts(model_config):
   """(stored, embedding) parameter counts of the Flax model itself, from its abstract init."""
-  shapes = jax.eval_shape(lambda: nn.unbox(Transformer(model_config).init(jax.random.key(0), dummy_batch(8))["params"]))
+  shapes = jax.eval_shape(lambda: init_params(Transformer(model_config), jax.random.key(0)))
   sizes = {jax.tree_util.keystr(path): math.prod(x.shape) for path, x in jax.tree_util.tree_leaves_with_path(shapes)}
   embedding = sum(v for k, v in sizes.items() if "embedding" in k or "lm_head" in k)
   return sum(sizes.values()), embedding

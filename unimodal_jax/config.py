@@ -144,6 +144,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.every = 0  # held-out loss every N steps; 0 = no evaluation
   c.eval.num_batches = 4  # the same first batches of the held-out set each time
   c.eval.dir = ""  # held-out shards; "" with data.source='embedded': its last shard, left out of training
+
+  # Samples during training (unimodal-train; unimodal_jax/sample/periodic.py): PNG grids and texts into TensorBoard
+  # and <workdir>/samples every N steps. The unimodal-sample CLI takes the same options as flags.
+  c.sample = ml_collections.ConfigDict()
+  c.sample.every = 0  # 0 = never
+  c.sample.prompts = ("A close-up of a ginger tabby cat's face.",)  # text after <bos>; "" = the null condition
+  c.sample.mode = "image"  # "text", "image" (one image per sample) or "interleaved"
+  c.sample.num_samples = 4  # per prompt
+  c.sample.max_new_tokens = 64  # text and interleaved; image mode generates exactly one image
+  c.sample.temperature = 1.0  # 0 = greedy
+  c.sample.top_k = 0  # 0 = off
+  c.sample.top_p = 1.0  # 1 = off
+  c.sample.cfg = 3.0  # classifier-free guidance scale at image tokens; 0 = no guidance
+  c.sample.seed = 0
+  c.sample.text_tokenizer = ""  # "" = the run's data folder's tokenizer.json (data.dir or <workdir>/data)
   return c
 
 

@@ -2,7 +2,8 @@
 
 `attend` dispatches on `config.model.attention` ("auto": `resolve` picks one for the platform the step is traced
 for); `dot_product_attention` (XLA) is the reference and the oracle every other implementation is tested against.
-No implementation may see across segments.
+No implementation may see across segments. `attend_cached` is the decoding path: new tokens against every slot of a
+KV cache.
 """
 import math
 
@@ -46,21 +47,30 @@ def traced_platform() -> str:
   return device.platform if device is not None else jax.default_backend()
 
 
-def attention_mask(segment_ids):
-  """[b, 1, s, s] boolean: token i sees token j iff same segment and j <= i."""
-  s = segment_ids.shape[-1]
-  causal = jnp.arange(s)[:, None] >= jnp.arange(s)[None, :]
-  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+def attention_mask(segment_ids, kv_segment_ids=None, q_offset=0):
+  """[b, 1, s, t] boolean: query i sees key j iff same segment and j <= i + q_offset.
+
+  Without `kv_segment_ids` the keys are the queries (t = s). With them (a KV cache), key j is cache slot j and
+  query i sits at slot q_offset + i.
+  """
+  kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+  s, t = segment_ids.shape[-1], kv_segment_ids.shape[-1]
+  causal = (q_offset + jnp.arange(s))[:, None] >= jnp.arange(t)[None, :]
+  same = segment_ids[:, :, None] == kv_segment_ids[:, None, :]
   return (causal[None] & same)[:, None]
 
 
-def dot_product_attention(q, k, v, segment_ids):
-  """XLA reference attention with GQA. q: [b, s, h, d]; k, v: [b, s, kv, d]; softmax in float32."""
+def dot_product_attention(q, k, v, segment_ids, kv_segment_ids=None, q_offset=0):
+  """XLA reference attention with GQA. q: [b, s, h, d]; k, v: [b, t, kv, d]; softmax in float32.
+
+  t = s (keys are the queries) unless `kv_segment_ids` [b, t] and `q_offset` say where the queries sit among
+  the keys (`attention_mask`).
+  """
   b, s, h, d = q.shape
   kv = k.shape[2]
   q = q.reshape(b, s, kv, h // kv, d)
   scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * d**-0.5
-  mask = attention_mask(segment_ids)[:, :, None]  # [b, 1, 1, q, s]
+  mask = attention_mask(segment_ids, kv_segment_ids, q_offset)[:, :, None]  # [b, 1, 1, q, t]
   scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
@@ -126,4 +136,21 @@ def attend(q, k, v, segment_ids, implementation: str):
     return splash_attention(q, k, v, segment_ids)
   if implementation == "cudnn":
     return nn_dot_product_attention(q, k, v, segment_ids, "cudnn")
+  raise ValueError(f"model.attention={implementation!r} is not one of {IMPLEMENTATIONS}")
+
+
+def attend_cached(q, k, v, segment_ids, kv_segment_ids, q_offset, implementation: str):
+  """New tokens against a KV cache. q: [b, s, heads, d] at slots q_offset..q_offset+s-1; k, v: [b, t, kv_heads,
+  d] every slot of the cache (these tokens' already written); kv_segment_ids [b, t], 0 for empty slots.
+
+  'cudnn' (also as 'auto' resolves it) goes through `jax.nn.dot_product_attention` (cuDNN where it supports the
+  shapes, else XLA); splash has no decoding kernel (its tiles are 128 queries), so 'splash' and 'xla' use the XLA
+  reference.
+  """
+  implementation = resolve(implementation, traced_platform(), jnp.dtype(q.dtype).name, q.shape[-1], k.shape[1])
+  if implementation == "cudnn":
+    mask = attention_mask(segment_ids, kv_segment_ids, q_offset)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask)
+  if implementation in IMPLEMENTATIONS:
+    return dot_product_attention(q, k, v, segment_ids, kv_segment_ids, q_offset)
   raise ValueError(f"model.attention={implementation!r} is not one of {IMPLEMENTATIONS}")

@@ -125,8 +125,11 @@ def compile_steps(config, abstract, mesh, rules, *, with_eval: bool, model, tx, 
   return train_step, eval_step, seconds
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, on_step=None) -> dict:
   """Train `config` in `workdir`, resuming from its newest readable checkpoint; returns the last logged metrics.
+
+  `on_step(step, params)`, if given, runs after every step inside the mesh context (unimodal-train passes
+  sample/periodic.py's hook, which samples every config.sample.every steps).
 
   On SIGTERM (any host) it saves at the next step boundary every process agrees on and returns early.
   """
@@ -198,6 +201,9 @@ def train(config, workdir: str) -> dict:
           last.update(evaluated)
         if row:
           writer.write(done, row)
+        if on_step is not None:
+          with clock.paused():
+            on_step(done, state.params)
         if preemption.reached(done):
           checkpoint.save(manager, done, state, config, every=t.checkpoint_every, data_iterator=data_iter, force=True)
           print(f"Preempted: saved step {done}, exiting.", flush=True)
