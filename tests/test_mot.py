@@ -139,11 +139,11 @@ def test_training_runs_start_from_a_dense_checkpoint(tmp_path):
   checkpoint's loss on the same batch."""
   dense_dir, mot_dir, again_dir = tmp_path / "dense", tmp_path / "mot", tmp_path / "again"
   dense_config = load_config("tiny")
-  dense_config.train.num_steps, dense_config.train.checkpoint_every = 3, 3
+  dense_config.train.num_steps, dense_config.train.checkpoint_every, dense_config.optim.warmup_steps = 3, 3, 1
   loop.train(dense_config, str(dense_dir))
   c = load_config("mot_tiny")
   c.data.dir = str(dense_dir / "data")
-  c.train.num_steps, c.train.log_every = 1, 1
+  c.train.num_steps, c.train.log_every, c.optim.warmup_steps = 1, 1, 1
   c.train.upcycle_from = str(dense_dir / "checkpoints" / "3")
   loop.train(c, str(mot_dir))
   first_loss = metrics_lib.read_metrics(str(mot_dir / "metrics.jsonl"))[0]["loss"]
@@ -162,7 +162,7 @@ def test_training_runs_start_from_a_dense_checkpoint(tmp_path):
   assert os.path.isdir(mot_dir / "checkpoints" / "1")
 
   dense_config.data.dir = c.data.dir
-  dense_config.train.num_steps, dense_config.train.log_every = 1, 1
+  dense_config.train.num_steps, dense_config.train.log_every = 1, 1  # warmup_steps is 1 since the first run
   dense_config.train.init_from = c.train.upcycle_from
   loop.train(dense_config, str(again_dir))
   np.testing.assert_allclose(metrics_lib.read_metrics(str(again_dir / "metrics.jsonl"))[0]["loss"], expected,

@@ -15,7 +15,8 @@ PROMPT = "A black and white checkerboard."
 # The demo's data and VQGAN (64 px images, 8x8 codes), a smaller transformer, two steps.
 TRAIN_FLAGS = ["--config.model.num_layers=1", "--config.model.embed_dim=64", "--config.model.num_heads=2",
                "--config.model.num_kv_heads=2", "--config.model.head_dim=32", "--config.model.mlp_dim=128",
-               "--config.train.num_steps=2", "--config.train.log_every=1", "--config.train.checkpoint_every=2",
+               "--config.train.num_steps=2", "--config.optim.warmup_steps=1", "--config.train.log_every=1",
+               "--config.train.checkpoint_every=2",
                "--config.sample.every=2", "--config.sample.num_samples=2", f"--config.sample.prompts=('{PROMPT}',)"]
 
 
