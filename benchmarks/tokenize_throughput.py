@@ -1,93 +1,169 @@
-"""Images/s of VQGAN tokenization: the jitted encoder alone, and unimodal-tokenize end to end (JPEG files ->
-decode, crop, resize -> encode -> ArrayRecord shards), at two resolutions of the configs/vq_photos.py model.
-(Not named tokenize.py: run as a script, that would shadow the standard library's `tokenize` module.)
+"""Images/s of image tokenization end to end (JPEG files -> read + decode + crop/resize -> VQGAN encode -> document
+shards written), per process, with 1 and with N processes (jax.distributed on 127.0.0.1, each process its own CPU
+devices), and where the time goes: decoding/preprocessing vs encoding vs the rest (text, checks, writing). Also the
+jitted encoder alone. (Not named tokenize.py: run as a script, that would shadow the standard library's module.)
 
-  python benchmarks/tokenize_throughput.py [--resolutions 64 256] [--images 256] [--chameleon]
+  python benchmarks/tokenize_throughput.py [--resolution 64] [--images 256] [--processes 1 2] [--chameleon]
 
 --chameleon adds the encoder of Chameleon's tokenizer (configs/vq_chameleon.py, 512px) on a few images.
 Prints a markdown table; results with their command live in docs/benchmarks.md.
 """
 import argparse
+import dataclasses
+import json
 import os
 import platform
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 
-import jax
 import numpy as np
-from PIL import Image
-
-from unimodal_jax.config import load_config_file
-from unimodal_jax.vq import images as images_lib
-from unimodal_jax.vq import tokenize, vqgan
-from unimodal_jax.vq import weights as vq_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_params(config, seed=0):
+  import jax
+  from unimodal_jax.vq import vqgan
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: (0.05 * rng.normal(size=s.shape)).astype(np.float32), shapes)
 
 
-def encoder_rate(config, params, batch_size, num_images) -> tuple[float, float]:
-  """(compile + first batch seconds, images/s after it) of tokenize.make_encoder on random pixels."""
-  encode = tokenize.make_encoder(params, config, batch_size)
-  pixels = np.random.default_rng(0).integers(0, 256, (num_images, config.resolution, config.resolution, 3), np.uint8)
+def vq_config(resolution: int):
+  from unimodal_jax.config import load_config_file
+  from unimodal_jax.vq import vqgan
+  base = load_config_file(os.path.join(REPO, "configs", "vq_photos.py")).vqgan
+  return vqgan.model_config(**{**base.to_dict(), "resolution": resolution})
+
+
+def prepare_inputs(root: str, resolution: int, num_images: int) -> None:
+  """A folder of 2x-resolution JPEGs with captions, a random VQGAN and a text tokenizer under `root`."""
+  from unimodal_jax.data import tokenizer as tokenizer_lib
+  from unimodal_jax.vq import weights as vq_weights
+  config = vq_config(resolution)
+  vq_weights.save_tokenizer(random_params(config), config, os.path.join(root, "vqgan"))
+  captions = [f"Picture {i} of a benchmark." for i in range(num_images)]
+  tokenizer_lib.TextTokenizer.train(captions, 400).save(os.path.join(root, "text.json"))
+  os.makedirs(os.path.join(root, "images"))
+  rng, side = np.random.default_rng(1), 2 * resolution
+  for i, caption in enumerate(captions):
+    from PIL import Image
+    Image.fromarray(rng.integers(0, 256, (side, side + side // 4, 3), np.uint8)).save(
+        os.path.join(root, "images", f"{i:05d}.jpg"), quality=90)
+    with open(os.path.join(root, "images", f"{i:05d}.txt"), "w") as f:
+      f.write(caption)
+
+
+def worker(args) -> None:
+  """One process of a run: tokenizes its share of the shards, prints its timings as JSON."""
+  import jax
+  if args.num_processes > 1:
+    jax.distributed.initialize(coordinator_address=f"127.0.0.1:{args.port}", num_processes=args.num_processes,
+                               process_id=args.process_id)
+  from jax.experimental import multihost_utils
+  from unimodal_jax.ingest import build, encoders, sources
+  timers = {"decode": 0.0, "encode": 0.0}
+
+  def timed(name, fn):
+    def call(*a, **k):
+      start = time.perf_counter()
+      try:
+        return fn(*a, **k)
+      finally:
+        timers[name] += time.perf_counter() - start
+    return call
+
+  tok, plan = encoders.from_vqgan(os.path.join(args.root, "text.json"), os.path.join(args.root, "vqgan"),
+                                  batch_size=args.batch_size, max_document_tokens=1 << 20,
+                                  devices=jax.local_devices())
+  tok.encode(np.zeros((args.batch_size, args.resolution, args.resolution, 3), np.uint8))  # compile outside the clock
+  tok = dataclasses.replace(tok, encode=timed("encode", tok.encode))
+  source = sources.FolderSource(os.path.join(args.root, "images"))
+  source.entry = timed("decode", source.entry)
+  build.images_lib.prepare = timed("decode", build.images_lib.prepare)
+  barrier = (lambda: multihost_utils.sync_global_devices("bench")) if args.num_processes > 1 else (lambda: None)
+  barrier()
   start = time.perf_counter()
+  build.write_documents(source, os.path.join(args.root, f"out-{args.num_processes}"), tok, plan=plan,
+                        shard_size=args.shard_size, process_index=jax.process_index(),
+                        process_count=jax.process_count(), barrier=barrier, progress=False)
+  total = time.perf_counter() - start
+  mine = sum(min(len(source), (k + 1) * args.shard_size) - k * args.shard_size
+             for k in range(jax.process_index(), -(-len(source) // args.shard_size), jax.process_count()))
+  print(json.dumps({"images": mine, "seconds": total, **timers}), flush=True)
+
+
+def run_processes(args, n: int) -> list[dict]:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={args.devices}")
+  procs = [subprocess.Popen(
+      [sys.executable, __file__, "--worker", f"--root={args.root}", f"--num_processes={n}", f"--process_id={i}",
+       f"--port={port}", f"--resolution={args.resolution}", f"--batch_size={args.batch_size}",
+       f"--shard_size={args.shard_size}"], env=env, stdout=subprocess.PIPE, text=True) for i in range(n)]
+  outs = [p.communicate()[0] for p in procs]
+  if any(p.returncode for p in procs):
+    raise RuntimeError(f"a worker failed: {outs}")
+  return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+
+
+def encoder_rate(resolution: int, batch_size: int, num_images: int, config=None) -> float:
+  """images/s of vq.codes.make_encoder alone on random pixels (after a compile)."""
+  from unimodal_jax.vq import codes
+  config = config or vq_config(resolution)
+  encode = codes.make_encoder(random_params(config), config, batch_size)
+  pixels = np.random.default_rng(0).integers(0, 256, (num_images, config.resolution, config.resolution, 3), np.uint8)
   encode(pixels[:batch_size])
-  first = time.perf_counter() - start
   start = time.perf_counter()
   encode(pixels)
-  return first, num_images / (time.perf_counter() - start)
-
-
-def end_to_end_rate(config, params, batch_size, num_images, workdir) -> float:
-  """images/s of tokenize.tokenize over a folder of 2x-resolution JPEGs (compile excluded: a warm-up run first)."""
-  tok_dir, src = os.path.join(workdir, "tok"), os.path.join(workdir, "images")
-  vq_weights.save_tokenizer(params, config, tok_dir)
-  os.makedirs(src, exist_ok=True)
-  rng = np.random.default_rng(1)
-  side = 2 * config.resolution
-  for i in range(num_images):
-    Image.fromarray(rng.integers(0, 256, (side, side + side // 4, 3), np.uint8)).save(f"{src}/{i:05d}.jpg", quality=90)
-  source = images_lib.FolderSource(src)
-  tokenize.tokenize(source, tok_dir, os.path.join(workdir, "warm"), shard_size=batch_size, batch_size=batch_size,
-                    progress=False)
-  start = time.perf_counter()
-  tokenize.tokenize(source, tok_dir, os.path.join(workdir, "codes"), shard_size=4 * batch_size,
-                    batch_size=batch_size, progress=False)
   return num_images / (time.perf_counter() - start)
 
 
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument("--resolutions", type=int, nargs="+", default=[64, 256])
+  parser.add_argument("--resolution", type=int, default=64)
   parser.add_argument("--images", type=int, default=256)
   parser.add_argument("--batch_size", type=int, default=16)
+  parser.add_argument("--shard_size", type=int, default=32)
+  parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+  parser.add_argument("--devices", type=int, default=1, help="CPU devices per process")
   parser.add_argument("--chameleon", action="store_true")
+  parser.add_argument("--worker", action="store_true")
+  parser.add_argument("--root")
+  parser.add_argument("--num_processes", type=int, default=1)
+  parser.add_argument("--process_id", type=int, default=0)
+  parser.add_argument("--port", type=int, default=0)
   args = parser.parse_args()
-  devices = jax.devices()
-  print(f"{len(devices)} x {devices[0].device_kind} ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores), jax {jax.__version__}\n")
-  print("| model | resolution | codes | batch | compile + 1st batch (s) | encoder img/s | end-to-end img/s |")
-  print("|---|---|---|---|---|---|---|")
-  base = load_config_file(os.path.join(REPO, "configs", "vq_photos.py")).vqgan
-  for resolution in args.resolutions:
-    config = vqgan.model_config(**{**base.to_dict(), "resolution": resolution})
-    params = random_params(config)
-    first, rate = encoder_rate(config, params, args.batch_size, args.images)
-    with tempfile.TemporaryDirectory() as tmp:
-      e2e = end_to_end_rate(config, params, args.batch_size, args.images, tmp)
-    grid = resolution // vqgan.downsampling(config)
-    print(f"| vq_photos | {resolution} | {grid}x{grid} | {args.batch_size} | {first:.1f} | {rate:.1f} | {e2e:.1f} |",
-          flush=True)
+  if args.worker:
+    return worker(args)
+  import jax
+  print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__}, "
+        f"{args.devices} CPU device(s) per process; {args.images} JPEGs of {2 * args.resolution}x"
+        f"{2 * args.resolution + args.resolution // 2} -> {args.resolution}px, batch {args.batch_size}\n")
+  print("| processes | img/s per process | img/s total | decode + preprocess | encode | other (text, checks, write) |")
+  print("|---|---|---|---|---|---|")
+  with tempfile.TemporaryDirectory() as root:
+    args.root = root
+    prepare_inputs(root, args.resolution, args.images)
+    for n in args.processes:
+      results = run_processes(args, n)
+      wall = max(r["seconds"] for r in results)
+      seconds = sum(r["seconds"] for r in results)
+      share = {k: sum(r[k] for r in results) / seconds for k in ("decode", "encode")}
+      per_process = np.mean([r["images"] / r["seconds"] for r in results])
+      print(f"| {n} | {per_process:.1f} | {args.images / wall:.1f} | {100 * share['decode']:.0f}% | "
+            f"{100 * share['encode']:.0f}% | {100 * (1 - share['decode'] - share['encode']):.0f}% |", flush=True)
+  print(f"\nencoder alone, {args.resolution}px, {len(jax.devices())} device(s): "
+        f"{encoder_rate(args.resolution, args.batch_size, args.images):.1f} img/s")
   if args.chameleon:
+    from unimodal_jax.config import load_config_file
     config = load_config_file(os.path.join(REPO, "configs", "vq_chameleon.py")).vqgan
-    batch = len(devices)
-    first, rate = encoder_rate(config, random_params(config), batch, 2 * batch)
-    print(f"| vq_chameleon | 512 | 32x32 | {batch} | {first:.1f} | {rate:.2f} | - |", flush=True)
+    batch = len(jax.devices())
+    print(f"encoder alone, vq_chameleon 512px: {encoder_rate(512, batch, 2 * batch, config):.2f} img/s")
 
 
 if __name__ == "__main__":

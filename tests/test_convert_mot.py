@@ -5,6 +5,7 @@ padding. Everything runs in float32; parity means max |ours - reference| / max |
 import functools
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -234,6 +235,14 @@ def test_cli_exports_with_a_self_check_and_imports_a_mot_checkpoint(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "fits --config as given" in out.stdout
+  out = subprocess.run(cli + ["from-torch", f"--torch_dir={tmp_path}/pt", f"--out_dir={tmp_path}/init2",
+                              f"--config={REPO}/configs/tiny.py"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  pasted = shlex.split(lines[lines.index("The model fits --config with these flags:") + 1])
+  assert pasted and all(f.startswith("--config.") and not f.endswith(".") for f in pasted), pasted
+  assert "--config.model.num_experts=2" in pasted
   restored = checkpoint.load_all(checkpoint.read_params(str(tmp_path / "init")))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
     assert np.array_equal(a, b)

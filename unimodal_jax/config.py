@@ -87,8 +87,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = False
   c.model.dropout_rate = 0.0
   c.model.z_loss = 1e-5
+  # Output head + loss over blocks of this many positions (recomputed in the backward pass), so that the float32
+  # [rows, seq_len, vocab] logits and their gradient never exist at once; 0 = off. Must divide data.seq_len.
+  c.model.loss_chunk_size = 0
   c.model.remat_policy = "none"
-  c.model.attention = "xla"  # one of model/attention.py IMPLEMENTATIONS
+  c.model.attention = "auto"  # one of model/attention.py IMPLEMENTATIONS; "auto": by platform (attention.resolve)
   c.model.num_experts = 1  # 1: dense; 2: Mixture-of-Transformers, one expert per modality (text, image)
   c.model.mot_untied = MOT_GROUPS  # weight groups with one copy per expert when num_experts > 1
   c.model.mot_impl = "grouped"  # "grouped" (ragged matmuls, dense FLOPs) or "masked" (the test oracle)

@@ -1,46 +1,77 @@
-"""`unimodal-tokenize` command line: flags -> `vq/tokenize.py`'s `tokenize` (flags live here so the library can be
-imported beside other command-line modules)."""
+"""`unimodal-tokenize`: images (with their captions) -> document record shards (version 2) that `data.source=shards`
+trains on; every process of a multi-host run tokenizes its share of the shards on its own accelerators.
+
+  unimodal-tokenize --images photos/ --text_tokenizer runs/text_tok --tokenizer runs/vq/tokenizer --out_dir shards/
+  unimodal-tokenize --jsonl pairs.jsonl ... --distributed=auto        # every TPU VM worker runs the same command
+
+Inputs: --images (x.jpg with caption x.txt beside it, or an image alone), --jsonl ({"text", "image" | "image_bytes"}
+or {"segments": [...]}), --tfds (name:split, with --image_key and --caption_key) or --array_record (encoded images).
+Shards are written atomically; a rerun after a kill resumes and writes the same bytes as an uninterrupted run.
+"""
 import json
 import sys
 
+import jax
 from absl import app, flags
+from jax.experimental import multihost_utils
 
+from unimodal_jax import config as config_lib
 from unimodal_jax.cli import common
-from unimodal_jax.vq import images as images_lib
-from unimodal_jax.vq.tokenize import tokenize
+from unimodal_jax.ingest import build, encoders, sources
 
-_IMAGES = flags.DEFINE_string("images", None, "A folder of image files (recursive).")
+_IMAGES = flags.DEFINE_string("images", None, "A folder of image files (recursive), each with an optional x.txt caption.")
+_JSONL = flags.DEFINE_string("jsonl", None, "A JSONL file of image-caption pairs or interleaved documents.")
 _TFDS = flags.DEFINE_string("tfds", None, "A TFDS dataset as name:split (tfds.data_source) or dataset_dir:split "
                             "(a prepared dataset's versioned directory).")
 _TFDS_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir.")
 _IMAGE_KEY = flags.DEFINE_string("image_key", "image", "TFDS feature holding the image (bytes or uint8 array).")
+_CAPTION_KEY = flags.DEFINE_string("caption_key", None, "TFDS feature holding the caption (none: images alone).")
 _ARRAY_RECORD = flags.DEFINE_string("array_record", None, "Glob of ArrayRecord files whose records are image files.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "A tokenizer directory (unimodal-train-vq's <workdir>/tokenizer).")
-_OUT = flags.DEFINE_string("out_dir", None, "Where the code shards go.")
+_TEXT_TOKENIZER = flags.DEFINE_string("text_tokenizer", None, "unimodal-train-text-tokenizer's --out (or its "
+                                      "tokenizer.json).")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "A VQGAN tokenizer directory (unimodal-train-vq's "
+                                 "<workdir>/tokenizer).")
+_OUT = flags.DEFINE_string("out_dir", None, "Where the document shards go (local or gs://).")
+_PREFIX = flags.DEFINE_string("prefix", "train", "Shard file name prefix.")
 _SHARD_SIZE = flags.DEFINE_integer("shard_size", 1024, "Inputs per shard.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per jitted encode (divisible by the device count).")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "Images per jitted encode (divisible by this process's devices).")
 _MIN_SIZE = flags.DEFINE_integer("min_size", 16, "Skip images whose shorter side is below this.")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 8192 * 8192, "Skip images with more pixels than this.")
-
-
-def _source():
-  given = [f for f in (_IMAGES, _TFDS, _ARRAY_RECORD) if f.value]
-  if len(given) != 1:
-    raise app.UsageError("give exactly one of --images, --tfds, --array_record")
-  if _IMAGES.value:
-    return images_lib.FolderSource(_IMAGES.value)
-  if _ARRAY_RECORD.value:
-    return images_lib.ArrayRecordSource(_ARRAY_RECORD.value)
-  name, _, split = _TFDS.value.rpartition(":") if ":" in _TFDS.value else (_TFDS.value, "", "")
-  return images_lib.TfdsSource(name, split or "train", _TFDS_DIR.value, _IMAGE_KEY.value)
+_MAX_TOKENS = flags.DEFINE_integer("max_document_tokens", config_lib.default_config().data.max_document_tokens,
+                                   "Longer documents are bad records (the run's data.max_document_tokens).")
+_ON_BAD = flags.DEFINE_enum("on_bad_record", "raise", ["raise", "skip"], "raise: stop naming the input; skip: log "
+                            "it, count it in the summary and go on.")
+_DISTRIBUTED = common.define_distributed_flags(__name__)
 
 
 def main():
-  if not (_TOKENIZER.value and _OUT.value):
-    raise app.UsageError("--tokenizer and --out_dir are required")
-  totals = tokenize(_source(), _TOKENIZER.value, _OUT.value, shard_size=_SHARD_SIZE.value, batch_size=_BATCH.value,
-                    min_size=_MIN_SIZE.value, max_pixels=_MAX_PIXELS.value)
-  print(json.dumps(totals), flush=True)
+  if not (_TEXT_TOKENIZER.value and _TOKENIZER.value and _OUT.value):
+    raise app.UsageError("--text_tokenizer, --tokenizer and --out_dir are required")
+  _DISTRIBUTED.initialize()
+  try:
+    source = sources.from_flags(images=_IMAGES.value, jsonl=_JSONL.value, tfds=_TFDS.value,
+                                tfds_data_dir=_TFDS_DIR.value, image_key=_IMAGE_KEY.value,
+                                caption_key=_CAPTION_KEY.value, array_record=_ARRAY_RECORD.value)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  tok, plan = encoders.from_vqgan(_TEXT_TOKENIZER.value, _TOKENIZER.value, batch_size=_BATCH.value,
+                                  max_document_tokens=_MAX_TOKENS.value, devices=jax.local_devices(),
+                                  min_size=_MIN_SIZE.value, max_pixels=_MAX_PIXELS.value)
+  try:
+    totals = build.write_documents(
+        source, _OUT.value, tok, plan={"source": type(source).__name__, **plan}, shard_size=_SHARD_SIZE.value,
+        prefix=_PREFIX.value, on_bad_record=_ON_BAD.value, process_index=jax.process_index(),
+        process_count=jax.process_count(), barrier=_barrier)
+  except ValueError as e:  # a bad input (--on_bad_record=raise) or an --out_dir of another run: one line, no trace
+    sys.exit(f"unimodal-tokenize: {e}")
+  if jax.process_index() == 0:
+    print(json.dumps(totals), flush=True)
+
+
+def _barrier():
+  """Every process has finished its shards (so process 0 can sum all of them)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("unimodal-tokenize: shards written")
 
 
 def run():

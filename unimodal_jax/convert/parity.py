@@ -6,7 +6,7 @@ its full logits are taken as its lm_head applied to the last hidden state. Needs
 """
 import numpy as np
 
-from unimodal_jax.convert import hf_chameleon, tensors, vocab_map
+from unimodal_jax.convert import tensors, vocab_map
 from unimodal_jax import extras
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.data.batch import PackedBatch

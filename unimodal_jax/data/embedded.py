@@ -12,18 +12,17 @@ import tempfile
 
 import numpy as np
 import pydoc_data.topics
-import skimage.color
 import skimage.data
-import skimage.transform
-import skimage.util
+from etils import epath
 
 from unimodal_jax.data import documents
 from unimodal_jax.data import tokenizer as tokenizer_lib
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.vq import codes as codes_lib
+from unimodal_jax.vq import images as images_lib
 from unimodal_jax.vq import kmeans
 
-BUILD_VERSION = 2  # bump when the documents built from the same config change
+BUILD_VERSION = 3  # bump when the documents built from the same config change
 NUM_SHARDS = 4
 KINDS = documents.KINDS
 MANIFEST = "manifest.json"
@@ -72,37 +71,22 @@ def texts() -> list[str]:
   return [pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)]
 
 
-def _rgb_float(image: np.ndarray) -> np.ndarray:
-  """Any skimage sample (bool, gray, RGB, RGBA; uint8 or float) -> float [H, W, 3] in [0, 1]."""
-  image = skimage.util.img_as_float(image)
-  if image.ndim == 2:
-    return skimage.color.gray2rgb(image)
-  return skimage.color.rgba2rgb(image) if image.shape[-1] == 4 else image
-
-
-def center_square(image: np.ndarray, fraction: float, image_size: int) -> np.ndarray:
-  """The centred square of side fraction * min(H, W), resized to image_size -> uint8."""
-  h, w = image.shape[:2]
-  side = int(round(min(h, w) * fraction))
-  top, left = (h - side) // 2, (w - side) // 2
-  crop = image[top:top + side, left:left + side]
-  factor = side // (2 * image_size)
-  if factor > 1:  # a box filter first: resize's gaussian anti-aliasing is slow on megapixel images
-    crop = skimage.transform.downscale_local_mean(crop, (factor, factor, 1))
-  resized = skimage.transform.resize(crop, (image_size, image_size), anti_aliasing=crop.shape[0] > image_size)
-  return skimage.util.img_as_ubyte(np.clip(resized, 0.0, 1.0))
+def sample_image(name: str, index) -> np.ndarray:
+  """The scikit-image sample `name` (item `index` of a collection such as lfw_subset) as shipped: any dtype/channels."""
+  image = getattr(skimage.data, name)()
+  return image if index is None else image[index]
 
 
 def load_images(image_size: int) -> tuple[np.ndarray, list[str]]:
   """uint8 [4 * len(IMAGES), image_size, image_size, 3] and the caption of each.
 
-  Per sample: the centre square, its mirror image, a CROP zoom, and the zoom mirrored.
+  Per sample (`vq/images.prepare`, as every image path of the package): the centre square, its mirror image, a CROP
+  zoom, and the zoom mirrored.
   """
   images, captions = [], []
   for name, index, caption in IMAGES:
-    image = getattr(skimage.data, name)()
-    image = _rgb_float(image if index is None else image[index])
-    full, zoom = center_square(image, 1.0, image_size), center_square(image, CROP, image_size)
+    image = sample_image(name, index)
+    full, zoom = (images_lib.prepare(image, image_size, crop=c)[0] for c in (1.0, CROP))
     images += [full, full[:, ::-1], zoom, zoom[:, ::-1]]
     captions += [caption] * 4
   return np.stack(images), captions
@@ -131,7 +115,7 @@ def image_tokenizer_entry(config) -> dict:
   """Which image tokenizer codes the photos: a k-means codebook fitted here, or a saved VQGAN by content hash."""
   if config.vq.kind == "kmeans":
     return {"kind": "kmeans"}
-  path = os.path.abspath(config.vq.tokenizer_path)
+  path = config.vq.tokenizer_path if "://" in config.vq.tokenizer_path else os.path.abspath(config.vq.tokenizer_path)
   return {"kind": config.vq.kind, "path": path, "sha256": codes_lib.fingerprint(path)}
 
 
@@ -155,8 +139,7 @@ def _file_names(kind: str) -> list[str]:
 
 def _read_manifest(data_dir: str) -> dict | None:
   try:
-    with open(os.path.join(data_dir, MANIFEST)) as f:
-      return json.load(f)
+    return json.loads((epath.Path(data_dir) / MANIFEST).read_text())
   except (FileNotFoundError, json.JSONDecodeError):
     return None
 
@@ -164,7 +147,7 @@ def _read_manifest(data_dir: str) -> dict | None:
 def _ready(data_dir: str, key: str, kind: str) -> bool:
   manifest = _read_manifest(data_dir)
   return (manifest is not None and manifest.get("key") == key
-          and all(os.path.exists(os.path.join(data_dir, n)) for n in _file_names(kind)))
+          and all((epath.Path(data_dir) / n).exists() for n in _file_names(kind)))
 
 
 def encode_images(config, images: np.ndarray, out_dir: str) -> np.ndarray:
@@ -193,26 +176,30 @@ def _build(config, out_dir: str) -> dict:
 def prepare(config, data_dir: str) -> list[str]:
   """Train shard paths in data_dir, built on the first call for this config and reused afterwards.
 
-  The build goes to a temporary folder; files move into data_dir and the manifest is written last, so an
-  interrupted build is never taken for a finished one.
+  The build goes to a local temporary folder (inside data_dir when it is local); files move (or, to gs://..., are
+  uploaded) into data_dir and the manifest comes last, so an interrupted build is never taken for a finished one.
   """
-  os.makedirs(data_dir, exist_ok=True)
+  directory = epath.Path(data_dir)
+  local = "://" not in data_dir
+  directory.mkdir(parents=True, exist_ok=True)
   key = _build_key(config)
-  paths = [os.path.join(data_dir, n) for n in shard_names()]
+  paths = [str(directory / n) for n in shard_names()]
   if _ready(data_dir, key, config.vq.kind):
     return paths
   for name in (MANIFEST, CODEBOOK_FILE):  # a stale codebook would outlive a VQGAN rebuild
-    if os.path.exists(os.path.join(data_dir, name)):
-      os.remove(os.path.join(data_dir, name))
-  manifest_path = os.path.join(data_dir, MANIFEST)
-  tmp = tempfile.mkdtemp(prefix=".build-", dir=data_dir)
+    if (directory / name).exists():
+      (directory / name).unlink()
+  tmp = tempfile.mkdtemp(prefix=".build-", dir=data_dir if local else None)
   try:
     summary = _build(config, tmp)
-    for name in _file_names(config.vq.kind):
-      os.replace(os.path.join(tmp, name), os.path.join(data_dir, name))
     with open(os.path.join(tmp, MANIFEST), "w") as f:
       json.dump({"key": key, "shards": shard_names(), **summary}, f, indent=2)
-    os.replace(os.path.join(tmp, MANIFEST), manifest_path)
+    for name in [*_file_names(config.vq.kind), MANIFEST]:
+      if local:
+        os.replace(os.path.join(tmp, name), directory / name)
+      else:
+        with open(os.path.join(tmp, name), "rb") as f:
+          (directory / name).write_bytes(f.read())
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return paths
@@ -221,11 +208,11 @@ def prepare(config, data_dir: str) -> list[str]:
 def load_tokenizers(data_dir: str, vocab: vocab_lib.Vocab | None = None):
   """(TextTokenizer, image tokenizer) of a `prepare`d folder: the KMeansTokenizer it fitted, or a VQGANTokenizer
   for the VQGAN its manifest names (both have grid_size, encode, decode); with `vocab`, checks the text ids fit it."""
-  text_tok = tokenizer_lib.TextTokenizer.load(os.path.join(data_dir, TOKENIZER_FILE), vocab)
+  text_tok = tokenizer_lib.TextTokenizer.load(str(epath.Path(data_dir) / TOKENIZER_FILE), vocab)
   entry = (_read_manifest(data_dir) or {}).get("image_tokenizer", {"kind": "kmeans"})
   if entry["kind"] == "kmeans":
-    return text_tok, kmeans.KMeansTokenizer.load(os.path.join(data_dir, CODEBOOK_FILE))
+    return text_tok, kmeans.KMeansTokenizer.load(str(epath.Path(data_dir) / CODEBOOK_FILE))
   if codes_lib.fingerprint(entry["path"]) != entry["sha256"]:
-    raise ValueError(f"{os.path.join(data_dir, MANIFEST)}: the VQGAN at {entry['path']} changed since the build "
+    raise ValueError(f"{epath.Path(data_dir) / MANIFEST}: the VQGAN at {entry['path']} changed since the build "
                      f"(sha256 {entry['sha256']}); rerun `prepare` with its config")
   return text_tok, codes_lib.VQGANTokenizer(entry["path"])

@@ -1,7 +1,8 @@
 """Attention implementations over packed rows: causal within a document (segment), blind across documents.
 
-`attend` dispatches on `config.model.attention`; `dot_product_attention` (XLA) is the reference and the
-oracle every other implementation is tested against. No implementation may see across segments.
+`attend` dispatches on `config.model.attention` ("auto": `resolve` picks one for the platform the step is traced
+for); `dot_product_attention` (XLA) is the reference and the oracle every other implementation is tested against.
+No implementation may see across segments.
 """
 import math
 
@@ -12,12 +13,37 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from jax.sharding import PartitionSpec as P
 
 IMPLEMENTATIONS = (
+    "auto",  # splash on TPU, cudnn on GPU (half precision), else xla: see `resolve`
     "xla",  # any platform: materialises the [s, s] scores; the reference
     "splash",  # TPU: Pallas splash attention, skips fully masked blocks; sharded with shard_map
     "cudnn",  # GPU: cuDNN flash attention through jax.nn.dot_product_attention
 )
 SPLASH_MAX_BLOCK = 512  # tokens per splash tile (q and kv); MaxText's default
 SPLASH_MIN_BLOCK = 128  # the TPU lane width: seq_len must be a multiple
+CUDNN_DTYPES = ("bfloat16", "float16")  # cuDNN's fused attention runs in half precision only
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def resolve(implementation: str, platform: str, dtype: str, head_dim: int, seq_len: int) -> str:
+  """The implementation `implementation` names on `platform` ('tpu', 'gpu', 'cpu'); explicit names stand.
+
+  'auto': splash on TPU (seq_len a multiple of the lane width), cuDNN flash attention on GPU (half precision,
+  head_dim a multiple of 8 up to 128), otherwise the XLA reference.
+  """
+  if implementation != "auto":
+    return implementation
+  if platform == "tpu" and seq_len % SPLASH_MIN_BLOCK == 0:
+    return "splash"
+  if platform == "gpu" and dtype in CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= CUDNN_MAX_HEAD_DIM:
+    return "cudnn"
+  return "xla"
+
+
+def traced_platform() -> str:
+  """The platform of the devices the computation being traced will run on: the current mesh's (an AOT compile
+  for TPU on a CPU host traces under a TPU mesh), else the default backend's."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
 
 
 def attention_mask(segment_ids):
@@ -93,6 +119,7 @@ def nn_dot_product_attention(q, k, v, segment_ids, implementation: str):
 
 def attend(q, k, v, segment_ids, implementation: str):
   """q: [b, s, heads, d]; k, v: [b, s, kv_heads, d] (GQA: heads % kv_heads == 0) -> [b, s, heads, d]."""
+  implementation = resolve(implementation, traced_platform(), jnp.dtype(q.dtype).name, q.shape[-1], q.shape[1])
   if implementation == "xla":
     return dot_product_attention(q, k, v, segment_ids)
   if implementation == "splash":

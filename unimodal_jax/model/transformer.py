@@ -1,4 +1,4 @@
-"""The early-fusion decoder (DESIGN section 5): one transformer over the interleaved token stream.
+"""The early-fusion decoder (docs/design.md, "Model"): one transformer over the interleaved token stream.
 
 Flax linen; every parameter carries logical axis names (never mesh axes). Attention is causal
 within a packed document and blind across documents (segment ids). Training logic lives elsewhere.
@@ -245,7 +245,9 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size].
+  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size], or with
+  `return_hidden=True` the final normed hidden states [b, s, embed] and the output head [embed, vocab_size],
+  both in the compute dtype, for a loss that applies the head itself (model/loss.py, chunked).
 
   With model.num_experts > 1 it is a Mixture-of-Transformers: the weight groups in model.mot_untied have
   one copy per modality and each token (routed by PackedBatch.modality) uses its own; attention stays
@@ -255,7 +257,7 @@ class Transformer(nn.Module):
   config: Any  # the `model` section of the run config
 
   @nn.compact
-  def __call__(self, batch: PackedBatch, deterministic: bool = True):
+  def __call__(self, batch: PackedBatch, deterministic: bool = True, return_hidden: bool = False):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     embedding = _param(self, "embedding", nn.initializers.normal(0.02), (c.vocab_size, c.embed_dim), ("vocab", "embed"))
@@ -276,5 +278,7 @@ class Transformer(nn.Module):
       head = embedding.T
     else:
       head = _param(self, "lm_head", _dense_init(c.embed_dim), (c.embed_dim, c.vocab_size), ("embed", "vocab"))
+    if return_hidden:
+      return x, head.astype(dtype)
     logits = output_logits(x, head.astype(dtype))
     return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))

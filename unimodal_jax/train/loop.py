@@ -3,11 +3,11 @@
 Reads top to bottom; every piece it calls lives in data/, model/, parallel/ or train/.
 """
 import functools
-import os
 import time
 
 import jax
 import numpy as np
+from etils import epath
 from jax.experimental import multihost_utils
 
 from unimodal_jax import config as config_lib
@@ -29,7 +29,7 @@ def data_paths(config, workdir: str) -> tuple[list[str] | None, list[str]]:
   and no eval.dir, its last shard is held out of training.
   """
   if config.data.source == "embedded":
-    train_paths = embedded.prepare(config, config.data.dir or os.path.join(workdir, "data"))
+    train_paths = embedded.prepare(config, config.data.dir or str(epath.Path(workdir) / "data"))
   elif config.data.source == "mixture":
     train_paths = None
   else:
@@ -131,10 +131,9 @@ def train(config, workdir: str) -> dict:
   On SIGTERM (any host) it saves at the next step boundary every process agrees on and returns early.
   """
   validate_lib.validate(config, jax.device_count(), jax.process_count())
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://...
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   vocab = from_config(config)
   train_paths, eval_paths = data_paths(config, workdir)
@@ -158,19 +157,19 @@ def train(config, workdir: str) -> dict:
   if eval_paths:
     eval_batches = [mesh_lib.global_batch(b, mesh) for b in evaluate.held_out_batches(config, eval_paths, **shares)]
 
-  writer = metrics_lib.MetricsWriter(workdir)
+  start = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
   preemption = preemption_lib.PreemptionWatch()
   peak_tflops = progress.peak_tflops_per_device(config, jax.devices()[0].device_kind)
   profile_stop = t.profile_start_step + t.profile_num_steps if t.profile_start_step >= 0 else -1
   last, pending, previous, skipped = {}, [], None, 0
   extra = {f"compile_s/{name}": s for name, s in compile_s.items()}  # goes into the first logged row
-  start = int(jax.device_get(state.step))
   clock = progress.Stopwatch()
   try:
     with mesh_lib.mesh_context(mesh, rules):
       for step in range(start, t.num_steps):
         if step == t.profile_start_step:
-          jax.profiler.start_trace(os.path.join(workdir, "profile"))
+          jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
         batch, skipped = next(data_iter)
         state, metrics = train_step(state, batch)
         if previous is not None:  # the step before this one has finished while this one was queued
@@ -211,19 +210,24 @@ def train(config, workdir: str) -> dict:
           extra["checkpoint_save_blocking_s"] = blocked
       else:
         check_finite(int(jax.device_get(previous["nonfinite_streak"])) if previous else 0, t.num_steps, config)
+        if int(jax.device_get(state.skipped_steps)) >= t.num_steps:
+          raise NonFiniteError(f"all {t.num_steps} steps had NaN/Inf loss or gradients and were skipped: the params "
+                               "are the initial ones. Check the model config (e.g. model.rope_theta, model.norm_eps) "
+                               "and optim.learning_rate.")
         if manager.latest_step() != t.num_steps:
           checkpoint.save(manager, t.num_steps, state, config, every=t.checkpoint_every, data_iterator=data_iter,
                           force=True)
+        checkpoint.verify(manager, t.num_steps, abstract)
   finally:  # a halt (NonFiniteError) or a failing step still lets the checkpoint being written finish
     data_iter.close()
     preemption.close()
     manager.wait_until_finished()
     writer.close()
-  if jax.process_index() == 0 and os.path.exists(writer.jsonl_path):
-    metrics_lib.plot_losses(writer.jsonl_path, os.path.join(workdir, metrics_lib.LOSS_PLOT))
+  if jax.process_index() == 0 and writer.jsonl_path.exists():
+    metrics_lib.plot_losses(writer.jsonl_path, epath.Path(workdir) / metrics_lib.LOSS_PLOT)
   return last
 
 def describe_outputs(workdir: str) -> str:
   paths = {"checkpoints": "checkpoints", "metrics": metrics_lib.METRICS_FILE, "tensorboard": "tensorboard",
            "loss curve": metrics_lib.LOSS_PLOT, "config": "config.json"}
-  return "\n".join(f"  {name:12s} {os.path.join(os.path.abspath(workdir), p)}" for name, p in paths.items())
+  return "\n".join(f"  {name:12s} {checkpoint.absolute(workdir) / p}" for name, p in paths.items())

@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+from etils import epath
 
 from unimodal_jax.vq import kmeans
 
@@ -19,10 +20,9 @@ VQGAN_FILES = ("config.json", "vqgan.safetensors")  # what `vq_weights.save_toke
 
 def vqgan_dims(path: str) -> tuple[int, int, int]:
   """(image_size, patch_size, num_codes) of the VQGAN saved at `path`, read from its config.json alone."""
-  config_file = os.path.join(path, VQGAN_FILES[0])
+  config_file = epath.Path(path) / VQGAN_FILES[0]
   try:
-    with open(config_file) as f:
-      c = json.load(f)
+    c = json.loads(config_file.read_text())
     return c["resolution"], 2 ** (len(c["channel_multiplier"]) - 1), c["num_embeddings"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ValueError(f"config.vq.tokenizer_path={path}: {config_file} is not a saved VQGAN config ({e!r})") from e
@@ -41,9 +41,38 @@ def fingerprint(path: str) -> str:
   """sha256 over a saved VQGAN's files: which tokenizer made a set of codes, wherever it is installed."""
   digest = hashlib.sha256()
   for name in VQGAN_FILES:
-    with open(os.path.join(path, name), "rb") as f:
-      digest.update(hashlib.sha256(f.read()).digest())
+    digest.update(hashlib.sha256((epath.Path(path) / name).read_bytes()).digest())
   return digest.hexdigest()
+
+
+def make_encoder(params, config, batch_size: int, devices=None):
+  """uint8 [n, R, R, 3] (any n) -> int32 codes [n, h, w], in jitted batches of `batch_size` split over `devices`
+  (default all; a multi-process ingest passes each process its local ones). Batches are zero-padded to one shape."""
+  import jax  # jax/flax only when the VQGAN is used
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from unimodal_jax.vq import vqgan
+  devices = jax.devices() if devices is None else devices
+  if batch_size % len(devices):
+    raise ValueError(f"--batch_size={batch_size} is not divisible by the {len(devices)} devices")
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("data",))
+  sharding = NamedSharding(mesh, P("data"))
+  params = jax.device_put(params, NamedSharding(mesh, P()))
+  model = vqgan.VQGAN(config)
+
+  @jax.jit
+  def encode(params, pixels):
+    return model.apply({"params": params}, vqgan.from_pixels(pixels), method=vqgan.VQGAN.encode)[1]
+
+  def run(pixels: np.ndarray) -> np.ndarray:
+    out = []
+    for start in range(0, len(pixels), batch_size):
+      chunk = pixels[start:start + batch_size]
+      padded = np.zeros((batch_size,) + chunk.shape[1:], np.uint8)  # one compiled shape for every batch
+      padded[:len(chunk)] = chunk
+      out.append(np.asarray(encode(params, jax.device_put(padded, sharding)))[:len(chunk)])
+    grid = config.resolution // vqgan.downsampling(config)
+    return np.concatenate(out) if out else np.zeros((0, grid, grid), np.int32)
+  return run
 
 
 class VQGANTokenizer:
@@ -51,12 +80,12 @@ class VQGANTokenizer:
 
   def __init__(self, path: str):
     import jax  # jax/flax only when the VQGAN is used
-    from unimodal_jax.vq import tokenize, vqgan
+    from unimodal_jax.vq import vqgan
     from unimodal_jax.vq import weights as vq_weights
     self.params, self.model = vq_weights.load_tokenizer(path)
     self.grid_size = self.model.resolution // vqgan.downsampling(self.model)
     devices = jax.local_devices()  # this process's own: the photos are coded on every host alike
-    self.encode = tokenize.make_encoder(self.params, self.model, batch_size=8 * len(devices), devices=devices)
+    self.encode = make_encoder(self.params, self.model, batch_size=8 * len(devices), devices=devices)
     model = vqgan.VQGAN(self.model)
     self._decode = jax.jit(lambda params, codes: vqgan.to_pixels(
         model.apply({"params": params}, codes, method=vqgan.VQGAN.decode_codes)))

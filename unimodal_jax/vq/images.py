@@ -90,14 +90,28 @@ class TfdsSource:
     return example[self.image_key]
 
 
+def _array_image(array: np.ndarray) -> Image.Image:
+  """A decoded image array (bool, uint8/16, or float in [0, 1]; gray, gray+alpha, RGB or RGBA) as a PIL image."""
+  if array.ndim == 3 and array.shape[-1] == 1:
+    array = array[..., 0]
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
+    raise Skip("not_an_image", f"array of shape {array.shape}")
+  if array.dtype == bool:
+    array = array.astype(np.uint8) * 255
+  elif np.issubdtype(array.dtype, np.floating):  # skimage's convention: floats lie in [0, 1]
+    array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+  elif array.dtype == np.uint16:
+    array = np.rint(array / 257.0).astype(np.uint8)
+  elif array.dtype != np.uint8:
+    raise Skip("not_an_image", f"array of dtype {array.dtype}")
+  if array.ndim == 3 and array.shape[-1] == 2:  # gray + alpha
+    return Image.fromarray(array, "LA")
+  return Image.fromarray(array)
+
+
 def _open(data, min_size: int, max_pixels: int) -> Image.Image:
   if isinstance(data, np.ndarray):
-    array = data.astype(np.uint8) if data.dtype != np.uint8 else data
-    if array.ndim == 3 and array.shape[-1] == 1:
-      array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-      raise Skip("not_an_image", f"array of shape {array.shape}")
-    image = Image.fromarray(array)
+    image = _array_image(data)
   else:
     try:
       with warnings.catch_warnings():
@@ -140,16 +154,25 @@ def _to_rgb(image: Image.Image) -> tuple[Image.Image, str]:
   return image.convert("RGB"), mode
 
 
-def prepare(data, resolution: int, min_size: int, max_pixels: int) -> tuple[np.ndarray, str]:
-  """Encoded bytes or an array -> (uint8 [resolution, resolution, 3], converted-from mode or '').
+def prepare(data, resolution: int, *, crop: float | None = 1.0, min_size: int = 1,
+            max_pixels: int = 2 ** 31) -> tuple[np.ndarray, str]:
+  """The one image preprocessing of the package: encoded bytes or a decoded array -> (uint8 [H, W, 3], the mode it
+  was converted from or '').
 
-  Centre square crop, then a bicubic resize. Raises Skip for non-images, corrupt data, tiny or huge images.
+  Decode, convert to RGB (alpha over white, 16-bit and float scaled), then with `crop` the centred square of side
+  crop * the shorter side resized to resolution x resolution; with crop=None the whole image resized so that its
+  shorter side is `resolution` (VQ training takes random crops of that). Resizing is bicubic (antialiased when
+  shrinking). Raises Skip for non-images, corrupt data, tiny or huge images.
   """
   image, converted = _to_rgb(_open(data, min_size, max_pixels))
   w, h = image.size
-  side = min(w, h)
-  left, top = (w - side) // 2, (h - side) // 2
-  image = image.crop((left, top, left + side, top + side))
-  if side != resolution:
-    image = image.resize((resolution, resolution), Image.Resampling.BICUBIC, reducing_gap=3.0)
+  if crop is not None:
+    side = int(round(min(w, h) * crop))
+    left, top = (w - side) // 2, (h - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    w = h = side
+  scale = resolution / min(w, h)
+  size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+  if size != (w, h):
+    image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
   return np.asarray(image, np.uint8), converted

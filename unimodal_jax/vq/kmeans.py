@@ -4,8 +4,10 @@ Each non-overlapping patch_size x patch_size RGB patch becomes the id of its nea
 pastes the entries back. It knows nothing about the unified vocabulary (that is `data.vocab.Vocab`).
 """
 import dataclasses
+import io
 
 import numpy as np
+from etils import epath
 
 _CHUNK = 4096  # patches per distance matrix in `_nearest`, to bound memory
 
@@ -139,12 +141,13 @@ class KMeansTokenizer:
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
   def save(self, path: str) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a bare name
+    """To `path`, local or gs://..."""
+    with epath.Path(path).open("wb") as f:  # a file object: np.savez would append ".npz" to a bare name
       np.savez(f, codebook=self.codebook, patch_size=self.patch_size, image_size=self.image_size)
 
   @classmethod
   def load(cls, path: str) -> "KMeansTokenizer":
-    with np.load(path) as z:
+    with np.load(io.BytesIO(epath.Path(path).read_bytes())) as z:
       missing = {"codebook", "patch_size", "image_size"} - set(z.files)
       if missing:
         raise ValueError(f"{path} is not a k-means codebook: missing {sorted(missing)}")

@@ -10,6 +10,7 @@ import os
 import re
 
 import numpy as np
+from etils import epath
 from flax import traverse_util
 
 from unimodal_jax import extras
@@ -127,12 +128,13 @@ def config_from_hf(hf: dict, **overrides):
 
 
 def save_tokenizer(params, config, out_dir: str) -> None:
-  """The full tokenizer: `vqgan.safetensors` (Chameleon/taming key names) + `config.json` (config.vqgan)."""
-  from safetensors.numpy import save_file
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(export_state_dict(params), os.path.join(out_dir, WEIGHTS_FILE))
-  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-    json.dump(config_to_json(config), f, indent=1, sort_keys=True)
+  """The full tokenizer: `vqgan.safetensors` (Chameleon/taming key names) + `config.json` (config.vqgan); `out_dir`
+  may be local or gs://..."""
+  from safetensors.numpy import save
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / WEIGHTS_FILE).write_bytes(save(export_state_dict(params)))
+  (out / CONFIG_FILE).write_text(json.dumps(config_to_json(config), indent=1, sort_keys=True))
 
 
 def config_to_json(config) -> dict:
@@ -142,8 +144,18 @@ def config_to_json(config) -> dict:
 def load_tokenizer(out_dir: str):
   """(params, config.vqgan) from a directory `save_tokenizer` wrote; bit-exact."""
   import jax
-  with open(os.path.join(out_dir, CONFIG_FILE)) as f:
-    config = config_from_hf(json.load(f))
+  from safetensors.numpy import load
+  directory = epath.Path(out_dir)
+  try:
+    config = config_from_hf(json.loads((directory / CONFIG_FILE).read_text()))
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(f"{directory / CONFIG_FILE}: not a readable VQGAN tokenizer config ({type(e).__name__}: "
+                     f"{e})") from e
   vqgan.validate(config)
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
-  return import_state_dict(load_state_dict(os.path.join(out_dir, WEIGHTS_FILE)), shapes), config
+  try:
+    state = load((directory / WEIGHTS_FILE).read_bytes())
+  except Exception as e:  # safetensors raises its own types for truncated or foreign files
+    raise ValueError(f"{directory / WEIGHTS_FILE}: not a readable VQGAN weights file ({type(e).__name__}: "
+                     f"{e})") from e
+  return import_state_dict(state, shapes), config
