@@ -38,7 +38,7 @@ def truncate_jsonl(path, last_step: int) -> int:
   if len(kept) != len(lines):
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text("".join(kept))
-    tmp.rename(path)
+    tmp.replace(path)  # epath's rename refuses an existing destination
   return len(lines) - len(kept)
 
 
