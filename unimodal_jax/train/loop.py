@@ -233,6 +233,7 @@ def train(config, workdir: str, on_step=None) -> dict:
     metrics_lib.plot_losses(writer.jsonl_path, epath.Path(workdir) / metrics_lib.LOSS_PLOT)
   return last
 
+
 def describe_outputs(workdir: str) -> str:
   paths = {"checkpoints": "checkpoints", "metrics": metrics_lib.METRICS_FILE, "tensorboard": "tensorboard",
            "loss curve": metrics_lib.LOSS_PLOT, "config": "config.json"}
