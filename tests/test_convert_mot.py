@@ -5,6 +5,7 @@ padding. Everything runs in float32; parity means max |ours - reference| / max |
 import functools
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ from unimodal_jax import config as config_lib
 from unimodal_jax.convert import checkpoint, mot, rope_layout, tensors
 from unimodal_jax.convert.hf_chameleon import ConversionError
 from unimodal_jax.data.vocab import from_config
-from unimodal_jax.model.transformer import Transformer
+from unimodal_jax.model.transformer import Transformer, batch_inputs
 from unimodal_jax.train import checkpoint as train_checkpoint
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed")
@@ -61,7 +62,7 @@ def jitted_apply(case):  # one compile per case, shared by the tests that use it
 
 
 def our_logits(params, case, batch):
-  return np.asarray(jitted_apply(case)({"params": params}, batch))
+  return np.asarray(jitted_apply(case)({"params": params}, **batch_inputs(batch)))
 
 
 def reference_logits(torch_dir, batch, modality=None):
@@ -234,6 +235,14 @@ def test_cli_exports_with_a_self_check_and_imports_a_mot_checkpoint(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "fits --config as given" in out.stdout
+  out = subprocess.run(cli + ["from-torch", f"--torch_dir={tmp_path}/pt", f"--out_dir={tmp_path}/init2",
+                              f"--config={REPO}/configs/tiny.py"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = out.stdout.splitlines()
+  pasted = shlex.split(lines[lines.index("The model fits --config with these flags:") + 1])
+  assert pasted and all(f.startswith("--config.") and not f.endswith(".") for f in pasted), pasted
+  assert "--config.model.num_experts=2" in pasted
   restored = checkpoint.load_all(checkpoint.read_params(str(tmp_path / "init")))
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored)):
     assert np.array_equal(a, b)

@@ -36,8 +36,7 @@ def tiny():
 def random_lm_params(m, seed=0):
   from unimodal_jax.model.transformer import Transformer
   from unimodal_jax.train import state as state_lib
-  import flax.linen as nn
-  shapes = jax.eval_shape(lambda: nn.unbox(Transformer(m).init(jax.random.key(0), state_lib.dummy_batch(8))["params"]))
+  shapes = jax.eval_shape(lambda: state_lib.init_params(Transformer(m), jax.random.key(0)))
   rng = np.random.default_rng(seed)
   return jax.tree.map(lambda s: 0.1 * rng.standard_normal(s.shape).astype(np.float32), shapes)
 

@@ -3,8 +3,11 @@
 
 Good documents here use text ids 3.. and 2 x 2 image grids; source A's text ids lie below 100, source B's above.
 """
+import os
+
 import flax.serialization
 import ml_collections
+import msgpack
 import numpy as np
 import pytest
 from array_record.python import array_record_module
@@ -58,10 +61,20 @@ def image(shape=(GRID, GRID), value=0):
   return {"image": np.full(shape, value, np.int32)}
 
 
+def negative_dimension_record() -> bytes:
+  """A text segment stored with shape (-1,): numpy alone would read it as 3 ids."""
+  array = msgpack.ExtType(1, msgpack.packb([[-1], "int32", np.arange(3, 6, dtype=np.int32).tobytes()]))
+  return msgpack.packb({"version": 2, "kind": "text", "segments": [{"text": array}]})
+
+
 BAD_RECORDS = {  # name -> (maker(rng, good record bytes), expected message)
     "random bytes": (lambda rng, g: rng.bytes(int(rng.integers(0, 64))), ""),
     "truncated": (lambda rng, g: g[:int(rng.integers(0, len(g) - 1))], ""),
-    "not a dict": (lambda rng, g: raw([1, 2, 3]), "version"),
+    "not a dict": (lambda rng, g: raw([1, 2, 3]), "is a map"),
+    "float version": (lambda rng, g: raw({"version": 2.0, "kind": "text", "segments": [text(5)]}), "got float 2.0"),
+    "array version": (lambda rng, g: raw({"version": np.array([2]), "kind": "text", "segments": [text(5)]}),
+                      "must be the integer 2"),
+    "negative dimension": (lambda rng, g: negative_dimension_record(), "non-negative"),
     "version 1": (lambda rng, g: raw({"version": 1, "kind": "text", "tokens": np.arange(3, 9, dtype=np.int32)}),
                   "version 1"),
     "version 3": (lambda rng, g: raw({"version": 3, "kind": "text", "segments": []}), "version 3"),
@@ -86,6 +99,15 @@ def write(path, records):
   for r in records:
     writer.write(r)
   writer.close()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_RECORDS))
+def test_every_refused_record_is_refused_by_the_decoder_or_the_check(name):
+  rng = np.random.default_rng(0)
+  record = BAD_RECORDS[name][0](rng, documents.encode_document(good_doc(rng)))
+  with pytest.raises(ValueError, match=f"^shard record 7: .*{BAD_RECORDS[name][1]}"):
+    doc = documents.decode_document(record, "shard record 7")
+    documents.check_document(doc, VOCAB, GRID, MAX_TOKENS, "shard record 7")
 
 
 @pytest.mark.parametrize("name", ["truncated", "version 1", "text id too large", "wrong-size image",
@@ -261,3 +283,27 @@ def test_a_source_entry_error_names_its_key():
   c = mixture_config({}, web=("shards", "/data/web/*.array_record", 0.0))
   with pytest.raises(config_lib.ConfigError, match=r"config.data.sources.web.weight: must be > 0"):
     validate_lib.validate(c, num_devices=1)
+
+
+def test_an_unreadable_array_record_file_is_named(tmp_path):
+  rng = np.random.default_rng(4)
+  good, broken = str(tmp_path / "a.array_record"), str(tmp_path / "b.array_record")
+  write(good, [documents.encode_document(good_doc(rng)) for _ in range(5)])
+  write(broken, [documents.encode_document(good_doc(rng)) for _ in range(5)])
+  with open(broken, "r+b") as f:
+    f.truncate(os.path.getsize(broken) // 2)
+  with pytest.raises(ValueError, match=f"{broken}: not a readable ArrayRecord file"):
+    pipeline.make_dataset(config(), [good, broken])
+
+
+def test_unreadable_tokenizer_files_are_named(tmp_path):
+  from unimodal_jax.data import tokenizer as tokenizer_lib
+  from unimodal_jax.vq import weights
+  bad = tmp_path / "tokenizer.json"
+  bad.write_text("{not json")
+  with pytest.raises(ValueError, match=f"{bad}: not a readable text tokenizer"):
+    tokenizer_lib.TextTokenizer.load(str(bad))
+  (tmp_path / "vq").mkdir()
+  (tmp_path / "vq" / "config.json").write_text("[1, 2")
+  with pytest.raises(ValueError, match=f"{tmp_path / 'vq' / 'config.json'}: not a readable VQGAN tokenizer config"):
+    weights.load_tokenizer(str(tmp_path / "vq"))

@@ -1,5 +1,4 @@
 """Model FLOPs per token (for MFU) against XLA's own count of the compiled forward pass."""
-import flax.linen as nn
 import jax
 import pytest
 
@@ -14,9 +13,9 @@ def test_forward_flops_match_xla_cost_analysis(kv_heads):
   m = default_config().model
   m.num_layers, m.embed_dim, m.num_heads, m.num_kv_heads, m.head_dim, m.mlp_dim = 1, 512, 8, kv_heads, 64, 1536
   seq_len, rows = 128, 2
-  model, batch = Transformer(m), state_lib.dummy_batch(seq_len, rows)
-  params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), batch)["params"]))
-  compiled = jax.jit(lambda p, b: model.apply({"params": p}, b)).lower(params, batch).compile()
+  model, inputs = Transformer(m), state_lib.dummy_inputs(seq_len, rows)
+  params = jax.eval_shape(lambda: state_lib.init_params(model, jax.random.key(0), seq_len))
+  compiled = jax.jit(lambda p, x: model.apply({"params": p}, **x)).lower(params, inputs).compile()
   xla = compiled.cost_analysis()["flops"]
   # XLA computes the whole masked score matrix: twice the causal count flops.py uses for MFU.
   full_square = flops.forward_flops_per_token(m, seq_len) + flops.attention_flops(m, seq_len)

@@ -2,7 +2,6 @@
 import functools
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +12,7 @@ from unimodal_jax import config as config_lib
 from unimodal_jax.data import pipeline
 from unimodal_jax.data.vocab import from_config
 from unimodal_jax.model.loss import token_losses
-from unimodal_jax.model.transformer import Transformer, apply_rope
+from unimodal_jax.model.transformer import Transformer, apply_rope, batch_inputs
 from unimodal_jax.train import state as state_lib
 from unimodal_jax.train.step import loss_fn
 from unimodal_jax.data import vocab as vocab_lib
@@ -30,9 +29,7 @@ def tiny():
   c = load_config("tiny")
   vocab = from_config(c)
   model = Transformer(c.model)
-  params = model.init(jax.random.key(0), state_lib.dummy_batch(c.data.seq_len))["params"]
-  return c, vocab, model, jax.tree.map(lambda x: x.value if hasattr(x, "value") else x, params,
-                                       is_leaf=lambda x: hasattr(x, "value"))
+  return c, vocab, model, state_lib.init_params(model, jax.random.key(0), c.data.seq_len)
 
 
 def image_len(c):
@@ -42,10 +39,10 @@ def image_len(c):
 def test_future_tokens_do_not_change_past_logits(tiny):
   c, vocab, model, params = tiny
   batch = batches.random_batch(np.random.default_rng(0), vocab, 2, c.data.seq_len, image_len(c), docs_per_row=1)
-  logits = model.apply({"params": params}, batch)
+  logits = model.apply({"params": params}, **batch_inputs(batch))
   changed = batch.tokens.copy()
   changed[:, 30:] = 5
-  logits2 = model.apply({"params": params}, batch.replace(tokens=changed))
+  logits2 = model.apply({"params": params}, **batch_inputs(batch.replace(tokens=changed)))
   np.testing.assert_allclose(logits[:, :30], logits2[:, :30], rtol=1e-5, atol=1e-5)
   assert not np.allclose(logits[:, 30:], logits2[:, 30:])
 
@@ -53,10 +50,10 @@ def test_future_tokens_do_not_change_past_logits(tiny):
 def test_documents_in_a_row_do_not_see_each_other(tiny):
   c, vocab, model, params = tiny
   batch = batches.random_batch(np.random.default_rng(1), vocab, 2, c.data.seq_len, image_len(c), docs_per_row=3)
-  logits = model.apply({"params": params}, batch)
+  logits = model.apply({"params": params}, **batch_inputs(batch))
   first = batch.segment_ids == 1
   changed = np.where(first, batch.tokens, 7)  # rewrite every document but the first
-  logits2 = model.apply({"params": params}, batch.replace(tokens=changed))
+  logits2 = model.apply({"params": params}, **batch_inputs(batch.replace(tokens=changed)))
   np.testing.assert_allclose(logits[first], logits2[first], rtol=1e-5, atol=1e-5)
 
 
@@ -69,7 +66,7 @@ def test_packed_row_equals_documents_run_alone(tiny):
   assert packed.segment_ids.max() == len(docs)
 
   def per_document_losses(batch):
-    ce, _ = token_losses(model.apply({"params": params}, batch), batch.targets, 0.0)
+    ce, _ = token_losses(model.apply({"params": params}, **batch_inputs(batch)), batch.targets, 0.0)
     ce = np.asarray(ce * batch.loss_weights)
     return [ce[batch.segment_ids == s].sum() for s in range(1, batch.segment_ids.max() + 1)]
 
@@ -95,7 +92,7 @@ def test_model_variants_run_and_remat_matches(tiny, overrides):
   mc = c.model.copy_and_resolve_references()
   mc.update(overrides)
   model = Transformer(mc)
-  params = nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(c.data.seq_len))["params"])
+  params = state_lib.init_params(model, jax.random.key(0), c.data.seq_len)
   batch = batches.random_batch(np.random.default_rng(4), vocab, 2, c.data.seq_len, image_len(c))
   grad = jax.grad(lambda p: loss_fn(p, batch, model=model, vocab=vocab, z_loss=1e-4)[0])
   grads = grad(params)

@@ -3,7 +3,6 @@ upcycling from a dense model, and the text-only invariance of the image expert."
 import functools
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +14,7 @@ from unimodal_jax.data import pipeline
 from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.data.vocab import IMAGE, from_config
 from unimodal_jax.model import experts
-from unimodal_jax.model.transformer import Transformer
+from unimodal_jax.model.transformer import Transformer, batch_inputs
 from unimodal_jax.train import checkpoint, loop, metrics as metrics_lib, state as state_lib
 from unimodal_jax.train.step import loss_fn
 from unimodal_jax.data import vocab as vocab_lib
@@ -23,7 +22,7 @@ from unimodal_jax.data import vocab as vocab_lib
 
 def init(model_config, seq_len, seed=0):
   model = Transformer(model_config)
-  return model, nn.unbox(model.init(jax.random.key(seed), state_lib.dummy_batch(seq_len))["params"])
+  return model, state_lib.init_params(model, jax.random.key(seed), seq_len)
 
 
 def with_impl(c, impl):
@@ -82,7 +81,7 @@ def test_upcycled_mot_equals_dense(mot, impl):
   model = Transformer(with_impl(c, impl))
   specs = state_lib.param_logical_specs(model, c.data.seq_len)
   params = experts.upcycle(dense_params, specs, c.model.num_experts)
-  np.testing.assert_allclose(model.apply({"params": params}, batch), dense.apply({"params": dense_params}, batch),
+  np.testing.assert_allclose(model.apply({"params": params}, **batch_inputs(batch)), dense.apply({"params": dense_params}, **batch_inputs(batch)),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(loss_fn(params, batch, model=model, vocab=vocab, z_loss=1e-4)[0],
                              loss_fn(dense_params, batch, model=dense, vocab=vocab, z_loss=1e-4)[0], rtol=1e-6)
@@ -94,7 +93,7 @@ def test_grouped_equals_masked_oracle(mot):
   masked = Transformer(with_impl(c, "masked"))
   loss_g, grads_g = loss_and_grads(grouped, params, batch, vocab)
   loss_m, grads_m = loss_and_grads(masked, params, batch, vocab)
-  np.testing.assert_allclose(grouped.apply({"params": params}, batch), masked.apply({"params": params}, batch),
+  np.testing.assert_allclose(grouped.apply({"params": params}, **batch_inputs(batch)), masked.apply({"params": params}, **batch_inputs(batch)),
                              rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(loss_g, loss_m, rtol=1e-6)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7), grads_g, grads_m)
@@ -132,7 +131,7 @@ def test_text_only_batch_never_touches_the_image_expert(mot, impl):
     return jnp.where(jnp.arange(x.shape[axis]).reshape([-1 if i == axis else 1 for i in range(x.ndim)]) == IMAGE,
                      x + noise, x)
   perturbed = jax.tree.map(perturb, params, specs)
-  np.testing.assert_array_equal(model.apply({"params": params}, batch), model.apply({"params": perturbed}, batch))
+  np.testing.assert_array_equal(model.apply({"params": params}, **batch_inputs(batch)), model.apply({"params": perturbed}, **batch_inputs(batch)))
 
 
 def test_training_runs_start_from_a_dense_checkpoint(tmp_path):

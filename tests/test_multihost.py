@@ -34,7 +34,7 @@ def test_two_processes_train_checkpoint_resume_and_match_one_process(tmp_path):
   first = launch(workdir, 6)
   assert "[0] Run finished" in first and "[1] Run finished" not in first  # only process 0 reports
   second = launch(workdir, 12)
-  assert "step 9:" in second and "step 3:" not in second  # resumed at step 6, not restarted
+  assert "step 9/12:" in second and "step 3/12:" not in second  # resumed at step 6, not restarted
 
   rows = metrics_lib.read_metrics(str(workdir / "metrics.jsonl"))
   assert [r["step"] for r in rows] == [3, 6, 9, 12]  # written once, by process 0
@@ -70,7 +70,7 @@ def test_a_process_that_loses_its_peer_exits_with_an_error_in_bounded_time(tmp_p
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
     for line in procs[0].stdout:
-      if line.startswith("step 3:"):
+      if line.startswith("step 3/"):
         break
     else:
       raise AssertionError("process 0 ended before training")

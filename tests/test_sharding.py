@@ -1,7 +1,6 @@
 """Sharded training equals single-device training (fp32), on the three foundation meshes, dense and MoT."""
 import functools
 
-import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -45,7 +44,7 @@ def reference(request):
   c = mesh_config((1, 1, 1), request.param)
   vocab = from_config(c)
   model = Transformer(c.model)
-  params = nn.unbox(model.init(jax.random.key(0), state_lib.dummy_batch(c.data.seq_len))["params"])
+  params = state_lib.init_params(model, jax.random.key(0), c.data.seq_len)
   batch = batches.random_batch(np.random.default_rng(0), vocab, c.train.batch_size, c.data.seq_len,
                                vocab_lib.image_tokens_per_image(c))
   single = mesh_lib.create_mesh(c.mesh, devices=jax.devices()[:1])

@@ -3,7 +3,6 @@ schedule and the weight-decay mask follow their definitions."""
 import functools
 import glob
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,7 +102,7 @@ def test_wsd_schedule_is_warmup_then_constant_then_decay():
 def test_weight_decay_mask_excludes_the_configured_parameter_classes():
   c = load_config("tiny")
   c.model.qkv_bias = True
-  params = jax.eval_shape(lambda: nn.unbox(Transformer(c.model).init(jax.random.key(0), state_lib.dummy_batch(8))["params"]))
+  params = jax.eval_shape(lambda: state_lib.init_params(Transformer(c.model), jax.random.key(0)))
   classes = {"/".join(k.key for k in path): state_lib.parameter_class(path)
              for path, _ in jax.tree_util.tree_leaves_with_path(params)}
   assert classes["embedding"] == "embeddings" and classes["lm_head"] == "weights"

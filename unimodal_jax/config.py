@@ -87,8 +87,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = False
   c.model.dropout_rate = 0.0
   c.model.z_loss = 1e-5
+  # Output head + loss over blocks of this many positions (recomputed in the backward pass), so that the float32
+  # [rows, seq_len, vocab] logits and their gradient never exist at once; 0 = off. Must divide data.seq_len.
+  c.model.loss_chunk_size = 0
   c.model.remat_policy = "none"
-  c.model.attention = "xla"  # one of model/attention.py IMPLEMENTATIONS
+  c.model.attention = "auto"  # one of model/attention.py IMPLEMENTATIONS; "auto": by platform (attention.resolve)
   c.model.num_experts = 1  # 1: dense; 2: Mixture-of-Transformers, one expert per modality (text, image)
   c.model.mot_untied = MOT_GROUPS  # weight groups with one copy per expert when num_experts > 1
   c.model.mot_impl = "grouped"  # "grouped" (ragged matmuls, dense FLOPs) or "masked" (the test oracle)
@@ -124,7 +127,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 2
-  c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = unknown (MFU not logged)
+  c.train.peak_tflops_per_device = 0.0  # for MFU; 0 = the chip table's peak for a known TPU, else no MFU
+  c.train.prefetch_batches = 2  # batches read and placed on the devices ahead, on a thread; 0 = in the loop
   c.train.init_from = ""  # params (only) of a checkpoint step dir to start from, e.g. `unimodal-convert from-hf`
   c.train.upcycle_from = ""  # MoT only: a dense run's checkpoint step dir; every expert starts as its weights
   # Full state (params, optimizer, step, data position) of another run's checkpoint step dir, e.g. a WSD run's
@@ -140,6 +144,21 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval.every = 0  # held-out loss every N steps; 0 = no evaluation
   c.eval.num_batches = 4  # the same first batches of the held-out set each time
   c.eval.dir = ""  # held-out shards; "" with data.source='embedded': its last shard, left out of training
+
+  # Samples during training (unimodal-train; unimodal_jax/sample/periodic.py): PNG grids and texts into TensorBoard
+  # and <workdir>/samples every N steps. The unimodal-sample CLI takes the same options as flags.
+  c.sample = ml_collections.ConfigDict()
+  c.sample.every = 0  # 0 = never
+  c.sample.prompts = ("A close-up of a ginger tabby cat's face.",)  # text after <bos>; "" = the null condition
+  c.sample.mode = "image"  # "text", "image" (one image per sample) or "interleaved"
+  c.sample.num_samples = 4  # per prompt
+  c.sample.max_new_tokens = 64  # text and interleaved; image mode generates exactly one image
+  c.sample.temperature = 1.0  # 0 = greedy
+  c.sample.top_k = 0  # 0 = off
+  c.sample.top_p = 1.0  # 1 = off
+  c.sample.cfg = 3.0  # classifier-free guidance scale at image tokens; 0 = no guidance
+  c.sample.seed = 0
+  c.sample.text_tokenizer = ""  # "" = the run's data folder's tokenizer.json (data.dir or <workdir>/data)
   return c
 
 

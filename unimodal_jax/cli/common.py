@@ -2,6 +2,7 @@
 argument check, absl logging at WARNING unless `--verbosity` is given, usage errors as one line naming the command."""
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -20,6 +21,17 @@ def command_help(module) -> str:
     lines.append(f"  --{flag.name}: {flag.help}{default}")
   lines.append("\nAlso: --verbosity=N (absl logging; default: warnings only) and --helpfull (every flag).")
   return "\n".join(lines)
+
+
+def exit_with_error(error: BaseException, code: int = 1):
+  """Print the traceback and, last, one line naming the error; then leave at once: at interpreter teardown orbax's
+  and grain's background threads would print pages of noise ('Event loop is closed') after it."""
+  traceback.print_exception(error)
+  message = " ".join(str(error).split())  # one line, whatever the error text holds
+  print(f"{os.path.basename(sys.argv[0])}: {type(error).__name__}: {message}", file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def run(module, main: Callable[..., None], max_positional: int = 0, verbosity: int = logging.WARNING) -> None:

@@ -12,6 +12,7 @@ Each prints its time and peak RSS; --self_check then compares logits with transf
 reference (convert/torch_mot.py); it needs torch.
 """
 import resource
+import shlex
 import sys
 import time
 
@@ -87,7 +88,13 @@ def run_flags(config, overrides: dict, vocab) -> list[str]:
   wanted = {f"model.{k}": v for k, v in overrides.items()}
   wanted.update({"vocab.text_size": vocab.text_size, "vq.num_codes": vocab.num_image_codes})
   current = {key: config[key.split(".")[0]][key.split(".")[1]] for key in wanted}
-  return [f"--config.{key}={value}" for key, value in wanted.items() if current[key] != value]
+  return [shlex.quote(f"--config.{key}={value}") for key, value in wanted.items() if current[key] != value]
+
+
+def fits_line(missing: list[str]) -> str:
+  """How the given --config fits the imported model; the flags on a line of their own, so they paste as they are."""
+  return "The model fits --config with these flags:\n  " + " ".join(missing) + "\n" if missing else \
+      "The model fits --config as given.\n"
 
 
 def from_hf():
@@ -101,10 +108,8 @@ def from_hf():
         f"ENCODER ONLY, {hf_dir} has no {hf_vq.DECODER_FILE}; its decoder weights are zeros"))
   config = _CONFIG.value or config_lib.default_config()
   missing = run_flags(config, overrides, vocab)
-  print(f"wrote {state_dir} ({vocab}). The model fits --config "
-        + (f"with {' '.join(missing)}" if missing else "as given") + ". A MoT run starts from it with "
-        f"--config.train.upcycle_from={out_dir}; any run can read it with train.checkpoint.restore_params "
-        "(docs/convert.md).")
+  print(f"wrote {state_dir} ({vocab}).\n{fits_line(missing)}A dense run starts from it with "
+        f"--config.train.init_from={out_dir}, a MoT run with --config.train.upcycle_from={out_dir} (docs/convert.md).")
   model_config = config.model.copy_and_resolve_references()
   model_config.update(overrides)
   return model_config, vocab, lambda: params, hf_dir
@@ -137,8 +142,7 @@ def from_torch():
   state_dir = checkpoint.write_params(params, out_dir)
   config = _CONFIG.value or config_lib.default_config()
   missing = run_flags(config, overrides, vocab)
-  print(f"wrote {state_dir} ({vocab}). The model fits --config "
-        + (f"with {' '.join(missing)}" if missing else "as given") + "; a run starts from it with "
+  print(f"wrote {state_dir} ({vocab}).\n{fits_line(missing)}A run starts from it with "
         f"--config.train.init_from={out_dir} (docs/convert.md).")
   model_config = config.model.copy_and_resolve_references()
   model_config.update(overrides)

@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from unimodal_jax.cli import common
+from unimodal_jax.sample import periodic
 from unimodal_jax.train import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.", lock_config=True)
@@ -22,7 +23,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main():
   _DISTRIBUTED.initialize()
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  samples = periodic.PeriodicSamples(_CONFIG.value, _WORKDIR.value)  # validates config.sample first
+  try:
+    loop.train(_CONFIG.value, _WORKDIR.value, on_step=samples)
+  except Exception as e:  # noqa: BLE001 -- reported, then exit without the interpreter's teardown
+    common.exit_with_error(e)
+  finally:
+    samples.close()
   if jax.process_index() == 0:
     print(f"Run finished. Outputs:\n{loop.describe_outputs(_WORKDIR.value)}", flush=True)
 

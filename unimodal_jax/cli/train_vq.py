@@ -1,6 +1,6 @@
 """`unimodal-train-vq`: train the VQGAN image tokenizer (absl flags + a configs/vq_*.py file).
 
-  unimodal-train-vq --config configs/vq_photos.py --workdir runs/vq_photos [--config.vq_loop.num_steps=2000]
+  unimodal-train-vq --config configs/vq_photos.py --workdir runs/vq_photos [--config.vq_train.num_steps=2000]
 """
 import sys
 

@@ -1,1 +1,2 @@
-"""Checkpoint conversion between our param tree and PyTorch formats (DESIGN section 8); never used in training."""
+"""Checkpoint conversion between our param tree and PyTorch formats (docs/design.md, "Conversion"); never used in
+training."""

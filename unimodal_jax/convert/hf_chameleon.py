@@ -6,7 +6,6 @@ import os
 import warnings
 
 import ml_collections
-import numpy as np
 
 from unimodal_jax.convert import hf_vq, tensors, vocab_map
 from unimodal_jax.convert.tensors import ConversionError, Tensor

@@ -8,7 +8,6 @@ Import also reads q/k written for interleaved RoPE (config.json `rope_layout`, M
 import os
 
 import ml_collections
-import numpy as np
 
 from unimodal_jax.convert import rope_layout, tensors
 from unimodal_jax.convert.tensors import ConversionError, Tensor
@@ -64,9 +63,9 @@ def untied_groups(m) -> tuple:
 def tensor_plan(m) -> list[Tensor]:
   """Every PyTorch tensor of the model section `m`, grouped by our leaf (each stacked leaf is read once)."""
   untied, plan = untied_groups(m), []
-  for group, tensors in _group_tensors(m).items():
+  for group, entries in _group_tensors(m).items():
     expert_ids = range(m.num_experts) if group in untied else [None]
-    for template, ours, shape, our_shape, kind, stacked in tensors:
+    for template, ours, shape, our_shape, kind, stacked in entries:
       for i in range(m.num_layers) if stacked else [None]:
         for x in expert_ids:
           name = template.replace("{i}", str(i)).replace("{x}", EXPERT_SUFFIXES[x or 0])

@@ -6,11 +6,11 @@ its full logits are taken as its lm_head applied to the last hidden state. Needs
 """
 import numpy as np
 
-from unimodal_jax.convert import hf_chameleon, tensors, vocab_map
+from unimodal_jax.convert import tensors, vocab_map
 from unimodal_jax import extras
 from unimodal_jax.data import vocab as vocab_lib
 from unimodal_jax.data.batch import PackedBatch
-from unimodal_jax.model.transformer import Transformer
+from unimodal_jax.model.transformer import Transformer, batch_inputs
 
 
 def interleaved_tokens(vocab, rows: int, seq_len: int, rng) -> np.ndarray:
@@ -33,7 +33,7 @@ def single_document_batch(tokens: np.ndarray, vocab) -> PackedBatch:
 def our_logits(params, model_config, vocab, tokens) -> np.ndarray:
   m = model_config.copy_and_resolve_references()
   m.dtype = "float32"
-  return np.asarray(Transformer(m).apply({"params": params}, single_document_batch(tokens, vocab)))
+  return np.asarray(Transformer(m).apply({"params": params}, **batch_inputs(single_document_batch(tokens, vocab))))
 
 
 def hf_logits(hf_dir: str, tokens: np.ndarray) -> np.ndarray:
@@ -89,6 +89,6 @@ def max_relative_error_torch(torch_dir: str, params, model_config, vocab, *, row
   batch = packed_interleaved_batch(vocab, rows, seq_len, np.random.default_rng(seed))
   m = model_config.copy_and_resolve_references()
   m.dtype = "float32"
-  ours = np.asarray(Transformer(m).apply({"params": params}, batch))
+  ours = np.asarray(Transformer(m).apply({"params": params}, **batch_inputs(batch)))
   theirs = torch_logits(torch_dir, batch)
   return float(np.abs(ours - theirs).max() / np.abs(theirs).max())

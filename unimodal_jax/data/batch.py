@@ -1,4 +1,4 @@
-"""PackedBatch: the contract between the data pipeline and the model (DESIGN section 4).
+"""PackedBatch: the contract between the data pipeline and the model (docs/design.md, "Record format and packing").
 
 Every field has shape [batch, seq_len]. The pipeline builds it from numpy; the train step sees it as a
 pytree of global jax.Arrays sharded over ('data', 'fsdp') on the batch axis.

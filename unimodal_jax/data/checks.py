@@ -12,6 +12,15 @@ BAD_RECORD_MODES = ("raise", "skip")
 
 def check(config) -> None:
   d = config.data
+  _check(config.vocab.text_size > 3, "vocab.text_size", f"must be > 3 (<pad>, <bos>, <eos> and text), got "
+         f"{config.vocab.text_size}")
+  _check(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
+  for key in ("loss_weight_text", "loss_weight_image"):
+    _check(d[key] >= 0, f"data.{key}", f"must be >= 0, got {d[key]}")
+  _check(d.loss_weight_text + d.loss_weight_image > 0, "data.loss_weight_text",
+         "data.loss_weight_text and data.loss_weight_image are both 0: nothing would be learned")
+  for key in ("worker_count", "read_threads", "num_shards"):
+    _check(d[key] >= 0, f"data.{key}", f"must be >= 0, got {d[key]}")
   _check(d.source in DATA_SOURCES, "data.source", f"{d.source!r} is not one of {DATA_SOURCES}")
   _check(d.source != "shards" or d.dir, "data.dir", "data.source='shards' needs the directory of its shards")
   _check(d.source != "mixture" or len(d.sources) > 0, "data.sources", "data.source='mixture' needs named sources")

@@ -7,11 +7,19 @@ grid of one image, row-major. `kind` is "text", "interleaved" (rendered as store
 (exactly one text and one image; the task stage picks their order). Version 1 records (a rendered token
 stream) are rejected: they carry no segments to check or format. This module parses; `check_document`
 decides whether a parsed document fits the run's vocabulary; nothing here knows about packing.
+
+Decoding is strict; refused (each error names the record): bytes that are not msgpack; a top level that is not a
+map; a version that is not the integer 2 (1 gets a message on how to rebuild; 2.0, True, "2", [2], an array or a
+numpy scalar are refused); an unknown kind; segments that are not a list of one-key maps {"text"|"image": array};
+an array whose stored shape has a negative, non-integer or inconsistent dimension (its byte count must equal the
+shape's), a dtype other than int32, or the wrong number of dimensions.
 """
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 
 import flax.serialization
+import msgpack
 import numpy as np
 from array_record.python import array_record_module
 
@@ -56,13 +64,41 @@ def _segment(entry, where: str, i: int) -> np.ndarray:
   return value
 
 
+class _BadArray(ValueError):
+  pass
+
+
+def _strict_array(code: int, data: bytes):
+  """flax's msgpack ndarray extension, refusing shapes that numpy would quietly reinterpret (e.g. -1)."""
+  if code != 1:  # flax's _MsgpackExtType.ndarray; scalars and complex numbers are not document fields
+    return msgpack.ExtType(code, data)
+  shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
+  if not isinstance(shape, (list, tuple)) or not all(type(d) is int and d >= 0 for d in shape):
+    raise _BadArray(f"array shape {shape!r} must be non-negative integers")
+  try:
+    dtype = np.dtype(dtype_name.decode() if isinstance(dtype_name, bytes) else dtype_name)
+  except TypeError as e:
+    raise _BadArray(f"array dtype {dtype_name!r} is not a numpy dtype") from e
+  if not isinstance(buffer, bytes) or len(buffer) != math.prod(shape) * dtype.itemsize:
+    raise _BadArray(f"array of shape {tuple(shape)} {dtype} needs {math.prod(shape) * dtype.itemsize} bytes, the "
+                    f"record holds {len(buffer) if isinstance(buffer, bytes) else type(buffer).__name__}")
+  return np.frombuffer(buffer, dtype=dtype).reshape(shape)
+
+
 def decode_document(record: bytes, where: str = "record") -> Document:
   """Parses one record; `where` (e.g. "train-00001.array_record record 12") prefixes every error."""
   try:
-    fields = flax.serialization.msgpack_restore(record)
+    fields = msgpack.unpackb(record, ext_hook=_strict_array, raw=False, strict_map_key=False)
+  except _BadArray as e:
+    raise ValueError(f"{where}: {e}") from e
   except Exception as e:  # msgpack raises several unrelated types on garbage
     raise ValueError(f"{where}: not a msgpack document record ({type(e).__name__}: {e})") from e
-  version = fields.get("version") if isinstance(fields, dict) else type(fields).__name__
+  if not isinstance(fields, dict):
+    raise ValueError(f"{where}: a document record is a map, got {type(fields).__name__}")
+  version = fields.get("version")
+  if type(version) is not int:
+    raise ValueError(f"{where}: document format version must be the integer {FORMAT_VERSION}, got "
+                     f"{type(version).__name__} {version!r:.40}")
   if version == 1:
     raise ValueError(f"{where}: document format version 1 (a rendered token stream) is no longer read; rewrite the "
                      f"shards as version {FORMAT_VERSION} (unimodal-make-shards, or delete an embedded dataset's "

@@ -22,11 +22,14 @@ from unimodal_jax.data import tasks
 from unimodal_jax.data import vocab as vocab_lib
 
 
-
 @dataclasses.dataclass(frozen=True)
 class RecordLoader:
-  """record (bytes or TFDS example) at a source index -> int32 unified ids, or `packing.Skipped`."""
+  """record (bytes or TFDS example) at a source index -> int32 unified ids, or `packing.Skipped`.
+
+  Grain hands `map_with_index` the index in the repeated stream: epoch * num_records + record.
+  """
   source: int  # index among the run's sources, for the per-record task rng
+  num_records: int  # of the source
   parser: sources_lib.ShardRecords | sources_lib.TfdsPairs
   vocab: vocab_lib.Vocab
   image_grid: int
@@ -35,17 +38,22 @@ class RecordLoader:
   seed: int
   on_bad_record: str
 
-  def _tokens(self, index: int, record, where: str) -> np.ndarray:
+  def _tokens(self, record_index: int, epoch: int, record, where: str) -> np.ndarray:
+    if isinstance(record, sources_lib.Unreadable):
+      raise record.error
     doc = self.parser.document(record, where)
     documents.check_document(doc, self.vocab, self.image_grid, self.max_tokens, where)
-    rng = np.random.default_rng((self.seed, self.source, index)) if doc.kind == "image_text_pair" else None
+    rng = None
+    if doc.kind == "image_text_pair":  # a pair's order and caption dropout are drawn anew each epoch
+      rng = np.random.default_rng((self.seed, self.source, record_index, epoch))
     return documents.render(tasks.format_segments(doc, self.task, rng), self.vocab)
 
   def __call__(self, index: int, record):
+    epoch, record_index = divmod(index, self.num_records)
     try:
-      return self._tokens(index, record, "record")
+      return self._tokens(record_index, epoch, record, "record")
     except Exception as e:  # noqa: BLE001 -- any failure on a record is a bad record, named by file and index
-      where = self.parser.locate(index)
+      where = self.parser.locate(record_index)
       message = str(e).removeprefix("record: ") if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
       error = ValueError(f"{where}: {message}")
       if self.on_bad_record == "raise":
@@ -141,8 +149,9 @@ def documents_dataset(config, sources: Sequence[sources_lib.Source], *, shard: i
   grid = config.vq.image_size // config.vq.patch_size
   mixed = []
   for i, source in enumerate(sources):
-    loader = RecordLoader(source=i, parser=source.parser, vocab=vocab, image_grid=grid,
-                          max_tokens=config.data.max_document_tokens, task=tasks.TaskSpec.from_config(config),
+    loader = RecordLoader(source=i, num_records=len(source.records), parser=source.parser, vocab=vocab,
+                          image_grid=grid, max_tokens=config.data.max_document_tokens,
+                          task=tasks.TaskSpec.from_config(config),
                           seed=config.seed, on_bad_record=config.data.on_bad_record)
     ds = grain.MapDataset.source(source.records).map_with_index(loader)[shard::num_shards]
     if len(ds) == 0:

@@ -58,6 +58,29 @@ class TfdsPairs:
 
 
 @dataclasses.dataclass(frozen=True)
+class Unreadable:
+  """A record whose bytes could not be read (e.g. a corrupt ArrayRecord chunk); the bad-record policy decides."""
+  error: Exception
+
+
+class GuardedRecords:
+  """Random access to a source's records where a failed read yields `Unreadable`, naming the record, not a raise."""
+
+  def __init__(self, records, parser):
+    self._records, self._parser = records, parser
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int):
+    try:
+      return self._records[index]
+    except Exception as e:  # noqa: BLE001 -- riegeli, tfds and OS errors alike
+      where = self._parser.locate(index % len(self._records))
+      return Unreadable(ValueError(f"{where}: cannot be read ({type(e).__name__}: {str(e)[:300]})"))
+
+
+@dataclasses.dataclass(frozen=True)
 class Source:
   name: str  # the key under data.sources ("" for the single data.source)
   records: object  # random access: len() and [index]
@@ -94,9 +117,25 @@ def shard_paths(pattern: str, key: str) -> list[str]:
   return paths
 
 
+def open_shards(paths: Sequence[str]) -> grain.sources.ArrayRecordDataSource:
+  """The ArrayRecord files as one record source; a file that cannot be opened (missing, truncated, not ArrayRecord)
+  is named in the error."""
+  try:
+    return grain.sources.ArrayRecordDataSource(list(paths))
+  except Exception:  # riegeli reports a truncated file without its name
+    for path in paths:
+      try:
+        grain.sources.ArrayRecordDataSource([path])
+      except Exception as file_error:  # noqa: BLE001
+        raise ValueError(f"{path}: not a readable ArrayRecord file ({type(file_error).__name__}: "
+                         f"{str(file_error)[:300]})") from file_error
+    raise
+
+
 def shards_source(name: str, paths: Sequence[str], weight: float = 1.0) -> Source:
   paths = tuple(paths)
-  return Source(name, grain.sources.ArrayRecordDataSource(list(paths)), ShardRecords(paths), weight)
+  parser = ShardRecords(paths)
+  return Source(name, GuardedRecords(open_shards(paths), parser), parser, weight)
 
 
 def tfds_source(name: str, entry) -> Source:
@@ -109,7 +148,7 @@ def tfds_source(name: str, entry) -> Source:
     records = tfds.data_source(entry.tfds_name, split=entry.split, data_dir=entry.get("data_dir") or None)
     dataset = f"tfds {entry.tfds_name} [{entry.split}]"
   parser = TfdsPairs(dataset, entry.get("text_feature", "text"), entry.get("image_feature", "image"))
-  return Source(name, records, parser, float(entry.weight))
+  return Source(name, GuardedRecords(records, parser), parser, float(entry.weight))
 
 
 def from_config(config, paths: Sequence[str] | None = None) -> list[Source]:

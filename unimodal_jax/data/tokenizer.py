@@ -118,11 +118,14 @@ class TextTokenizer:
     """Loads a saved tokenizer (its JSON file, or a directory holding TOKENIZER_FILE; local or gs://...); with
     `vocab`, also checks that its ids fit in vocab.text_size."""
     file, specials = epath.Path(path), vocab_lib.TEXT_SPECIAL_TOKENS
-    if file.is_dir():
-      if (file / SPECIALS_FILE).exists():
-        specials = tuple(json.loads((file / SPECIALS_FILE).read_text()))
-      file = file / TOKENIZER_FILE
-    tokenizer = cls(tokenizers.Tokenizer.from_str(file.read_text()), source=str(file), specials=specials)
+    try:
+      if file.is_dir():
+        if (file / SPECIALS_FILE).exists():
+          specials = tuple(json.loads((file / SPECIALS_FILE).read_text()))
+        file = file / TOKENIZER_FILE
+      tokenizer = cls(tokenizers.Tokenizer.from_str(file.read_text()), source=str(file), specials=specials)
+    except Exception as e:  # tokenizers raises its own Exception type for missing or malformed files
+      raise ValueError(f"{file}: not a readable text tokenizer file ({type(e).__name__}: {e})") from e
     if vocab is not None:
       tokenizer.check_fits(vocab)
     return tokenizer

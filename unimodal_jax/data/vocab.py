@@ -1,4 +1,4 @@
-"""The unified vocabulary (DESIGN section 3): one id space for text, image markers and image codes.
+"""The unified vocabulary (docs/design.md, "Vocabulary contract"): one id space for text, image markers and image codes.
 
 `Vocab` is the only place that knows where each modality lives in the id space; everything that needs
 "is this id an image code?" asks it. It knows nothing about how text is tokenized.

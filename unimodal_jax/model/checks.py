@@ -29,4 +29,11 @@ def check(config) -> None:
   _check(m.num_heads % m.num_kv_heads == 0, "model.num_kv_heads",
          f"num_heads={m.num_heads} is not divisible by num_kv_heads={m.num_kv_heads}")
   _check(m.head_dim % 2 == 0, "model.head_dim", f"RoPE needs an even head_dim, got {m.head_dim}")
+  _check(m.loss_chunk_size >= 0 and (m.loss_chunk_size == 0 or config.data.seq_len % m.loss_chunk_size == 0),
+         "model.loss_chunk_size", f"{m.loss_chunk_size} must be 0 (off) or a positive divisor of data.seq_len="
+         f"{config.data.seq_len}")
   _check(0.0 <= m.dropout_rate < 1.0, "model.dropout_rate", f"must be in [0, 1), got {m.dropout_rate}")
+  _check(m.rope_theta > 0, "model.rope_theta", f"must be > 0, got {m.rope_theta}")
+  _check(m.norm_eps > 0, "model.norm_eps", f"must be > 0, got {m.norm_eps}")
+  _check(m.z_loss >= 0, "model.z_loss", f"must be >= 0, got {m.z_loss}")
+  _check(m.vocab_size >= 1, "model.vocab_size", f"must be >= 1, got {m.vocab_size}")

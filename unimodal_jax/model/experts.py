@@ -7,11 +7,12 @@ baseline the benchmarks compare against.
 import functools
 import math
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu.megablox import ops as megablox
+
+from unimodal_jax.model import axes
 
 IMPLEMENTATIONS = ("grouped", "masked")
 _TILE = 128  # megablox tile (rows, contracting, output); other shapes use lax.ragged_dot
@@ -61,13 +62,6 @@ def _grouped_local(x, expert, kernels, num_experts: int, use_kernel: bool, reduc
   return [jax.lax.psum(y, reduce_axes) for y in ys] if reduce_axes else ys
 
 
-def _sharded_mesh_axes(logical: str, mesh) -> tuple:
-  """The mesh axes (of size > 1) the logical activation axis maps to under the current rules."""
-  axes = nn.logical_to_mesh_axes((logical,))[0]
-  axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  return tuple(a for a in axes if mesh.shape[a] > 1)
-
-
 def matmuls(routing: Routing, x, kernels, parallel: tuple[str, str]):
   """x [b, s, i] through each per-expert kernel [experts, i, o] -> a list of [b, s, o].
 
@@ -84,11 +78,11 @@ def matmuls(routing: Routing, x, kernels, parallel: tuple[str, str]):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return _grouped_local(x, routing.expert, kernels, routing.num_experts, use_kernel=True)
-  rows = _sharded_mesh_axes("activation_batch", mesh)
+  rows = axes.mesh_axes("activation_batch", mesh)
   if x.shape[0] % math.prod(mesh.shape[a] for a in rows):
     rows = ()  # e.g. the one-row batch of parameter initialisation: every device takes the whole batch
   side, logical = parallel
-  tensor = _sharded_mesh_axes(logical, mesh)
+  tensor = axes.mesh_axes(logical, mesh)
   if any(mesh.shape[a] > 1 and a not in rows + tensor for a in mesh.axis_names):
     # A sharded axis this function does not split by hand: leave the whole computation to the compiler.
     return _grouped_local(x, routing.expert, kernels, routing.num_experts, use_kernel=False)

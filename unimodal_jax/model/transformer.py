@@ -1,4 +1,4 @@
-"""The early-fusion decoder (DESIGN section 5): one transformer over the interleaved token stream.
+"""The early-fusion decoder (docs/design.md, "Model"): one transformer over the interleaved token stream.
 
 Flax linen; every parameter carries logical axis names (never mesh axes). Attention is causal
 within a packed document and blind across documents (segment ids). Training logic lives elsewhere.
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from unimodal_jax.data.batch import PackedBatch
-from unimodal_jax.model import attention, experts
+from unimodal_jax.model import attention, axes, dense, experts, kv_cache
 
 Dtype = Any
 
@@ -20,40 +20,6 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-
-
-def _param(module, name, init, shape, axes, copies: int = 1):
-  """A float32 parameter with logical axes; `copies` > 1 adds a leading `expert` axis (one copy per expert)."""
-  if copies > 1:
-    shape, axes = (copies, *shape), ("expert", *axes)
-  return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.float32)
-
-
-def _dense_init(fan_in):
-  return nn.initializers.normal(stddev=fan_in**-0.5)
-
-
-def copies(config, group: str) -> int:
-  """How many copies of the weights in `group` (config.MOT_GROUPS) the model holds: 1 = tied/dense."""
-  return config.num_experts if config.num_experts > 1 and group in config.mot_untied else 1
-
-
-def per_token(param, routing, untied: bool):
-  """An elementwise parameter as each token sees it: its expert's copy when untied."""
-  return experts.select(routing, param) if untied else param
-
-
-def linear(x, kernels, routing, untied: bool, parallel: tuple[str, str]):
-  """x [b, s, *in] times each kernel [(experts,) *in, *out] -> a list of [b, s, *out].
-
-  `parallel`: the side ('in' or 'out') and logical axis that tensor parallelism splits (for MoT).
-  """
-  lead, n_in = int(untied), x.ndim - 2
-  flat_x = x.reshape(*x.shape[:2], -1)
-  out_shapes = [k.shape[lead + n_in:] for k in kernels]
-  flat = [k.reshape(*k.shape[:lead], flat_x.shape[-1], -1).astype(x.dtype) for k in kernels]
-  ys = experts.matmuls(routing, flat_x, flat, parallel) if untied else [flat_x @ k for k in flat]
-  return [y.reshape(*x.shape[:2], *shape) for y, shape in zip(ys, out_shapes)]
 
 
 def apply_rope(x, positions, theta):
@@ -79,11 +45,7 @@ def embed_lookup(table, tokens, dtype):
   if mesh.empty:
     return jnp.take(table, tokens, axis=0).astype(dtype)
 
-  def mesh_axes(logical):  # the mesh axes of size > 1 a logical axis maps to under the current rules
-    axes = nn.logical_to_mesh_axes((logical,))[0]
-    return tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ()) if mesh.shape[a] > 1)
-
-  vocab_axes, embed_axes, batch_axes = mesh_axes("vocab"), mesh_axes("embed"), mesh_axes("activation_batch")
+  vocab_axes, embed_axes, batch_axes = (axes.mesh_axes(name, mesh) for name in ("vocab", "embed", "activation_batch"))
   if tokens.shape[0] % math.prod(mesh.shape[a] for a in batch_axes) or not set(embed_axes) <= set(batch_axes):
     # e.g. the one-row batch of parameter initialisation: gather from a table whose embed dim is whole
     table = nn.with_logical_constraint(table, ("activation_vocab", "activation_embed"))
@@ -140,10 +102,9 @@ class RMSNorm(nn.Module):
   @nn.compact
   def __call__(self, x, routing=None):
     # "norm", not "embed": a few KB per layer, replicated rather than FSDP-gathered at every use (as MaxText)
-    scale = _param(self, "scale", nn.initializers.ones, (x.shape[-1],), ("norm",), self.copies)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * per_token(scale, routing, self.copies > 1)).astype(self.dtype)
+    return dense.ExpertScale(("norm",), self.copies)(y, routing).astype(self.dtype)
 
 
 class HeadNorm(nn.Module):
@@ -159,47 +120,49 @@ class HeadNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, routing=None):  # [b, s, h, d]
-    shape, axes, untied = x.shape[-2:], (self.heads_axis, "head_dim"), self.copies > 1
     x32 = x.astype(jnp.float32)
     if self.kind == "layernorm":
       x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    y = y * per_token(_param(self, "scale", nn.initializers.ones, shape, axes, self.copies), routing, untied)
-    if self.kind == "layernorm":
-      y = y + per_token(_param(self, "bias", nn.initializers.zeros, shape, axes, self.copies), routing, untied)
-    return y.astype(x.dtype)
+    affine = dense.ExpertScale((self.heads_axis, "head_dim"), self.copies, bias=self.kind == "layernorm")
+    return affine(y, routing).astype(x.dtype)
 
 
 class Attention(nn.Module):
+  """GQA self-attention with RoPE and optional QK-norm. With a layer's cache `kv` = (k, v) [b, max_len, kv_heads,
+  head_dim], these tokens' keys and values are written at slot `cache_index` and the queries attend over every
+  slot whose segment (`kv_segment_ids`) is theirs; returns the output and the updated (k, v)."""
+
   config: Any
 
-  def _kernel(self, name, shape, axes, fan_in, n):
-    return _param(self, name, _dense_init(fan_in), shape, axes, n)
-
   @nn.compact
-  def __call__(self, x, segment_ids, positions, routing):
+  def __call__(self, x, positions, segment_ids, routing, kv_segment_ids=None, cache_index=None, kv=None):
     c = self.config
-    n, untied = copies(c, "attention"), copies(c, "attention") > 1
+    n = dense.copies(c, "attention")
     heads = {"q": (c.num_heads, "heads"), "k": (c.num_kv_heads, "kv_heads"), "v": (c.num_kv_heads, "kv_heads")}
-    kernels = [self._kernel(f"{p}_kernel", (c.embed_dim, h, c.head_dim), ("embed", axis, "head_dim"), c.embed_dim, n)
-               for p, (h, axis) in heads.items()]
-    q, k, v = linear(x, kernels, routing, untied, ("out", "activation_heads"))
-    if c.qkv_bias:
-      q, k, v = [y + per_token(_param(self, f"{p}_bias", nn.initializers.zeros, (h, c.head_dim), (axis, "head_dim"), n),
-                               routing, untied).astype(y.dtype) for y, (p, (h, axis)) in zip((q, k, v), heads.items())]
+    q, k, v = dense.ExpertDense(
+        tuple((f"{p}_kernel", (h, c.head_dim), (axis, "head_dim")) for p, (h, axis) in heads.items()),
+        in_axes=("embed",), parallel=("out", "activation_heads"), copies=n,
+        biases=tuple(f"{p}_bias" for p in heads) if c.qkv_bias else ())(x, routing)
     if c.qk_norm != "none":
-      n_norm = copies(c, "qk_norm")
+      n_norm = dense.copies(c, "qk_norm")
       q = HeadNorm(c.qk_norm, c.norm_eps, "heads", n_norm, name="q_norm")(q, routing)
       k = HeadNorm(c.qk_norm, c.norm_eps, "kv_heads", n_norm, name="k_norm")(k, routing)
     q = apply_rope(q, positions, c.rope_theta)
     k = apply_rope(k, positions, c.rope_theta)
     q = nn.with_logical_constraint(q, ("activation_batch", "activation_length", "activation_heads", None))
-    k = nn.with_logical_constraint(k, ("activation_batch", "activation_length", "activation_kv_heads", None))
-    v = nn.with_logical_constraint(v, ("activation_batch", "activation_length", "activation_kv_heads", None))
-    out = attention.attend(q, k, v, segment_ids, c.attention)
-    o_kernel = self._kernel("o_kernel", (c.num_heads, c.head_dim, c.embed_dim), ("heads", "head_dim", "embed"),
-                            c.num_heads * c.head_dim, n)
-    return linear(out, [o_kernel], routing, untied, ("in", "activation_heads"))[0]
+    if kv is None:
+      k, v = (nn.with_logical_constraint(y, ("activation_batch", "activation_length", "activation_kv_heads", None))
+              for y in (k, v))
+      out = attention.attend(q, k, v, segment_ids, c.attention)
+    else:
+      k, v = (nn.with_logical_constraint(kv_cache.write(buffer, new, cache_index), kv_cache.KV_AXES[1:])
+              for buffer, new in zip(kv, (k, v)))
+      out = attention.attend_cached(q, k, v, segment_ids, kv_segment_ids, cache_index, c.attention)
+      kv = (k, v)
+    o = dense.ExpertDense((("o_kernel", (c.embed_dim,), ("embed",)),), in_axes=("heads", "head_dim"),
+                          parallel=("in", "activation_heads"), copies=n)
+    return o(out, routing)[0], kv
 
 
 class MLP(nn.Module):
@@ -210,71 +173,107 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x, routing):
     c = self.config
-    n, untied = copies(c, "mlp"), copies(c, "mlp") > 1
-    wi_0 = _param(self, "wi_0", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"), n)
-    wi_1 = _param(self, "wi_1", _dense_init(c.embed_dim), (c.embed_dim, c.mlp_dim), ("embed", "mlp"), n)
-    wo = _param(self, "wo", _dense_init(c.mlp_dim), (c.mlp_dim, c.embed_dim), ("mlp", "embed"), n)
-    gate, up = linear(x, [wi_0, wi_1], routing, untied, ("out", "activation_mlp"))
+    n = dense.copies(c, "mlp")
+    gate, up = dense.ExpertDense(tuple((name, (c.mlp_dim,), ("mlp",)) for name in ("wi_0", "wi_1")),
+                                 in_axes=("embed",), parallel=("out", "activation_mlp"), copies=n)(x, routing)
     h = nn.with_logical_constraint(nn.silu(gate) * up, ("activation_batch", "activation_length", "activation_mlp"))
-    return linear(h, [wo], routing, untied, ("in", "activation_mlp"))[0]
+    wo = dense.ExpertDense((("wo", (c.embed_dim,), ("embed",)),), in_axes=("mlp",),
+                           parallel=("in", "activation_mlp"), copies=n)
+    return wo(h, routing)[0]
 
 
 class Block(nn.Module):
-  """One decoder layer. 'pre': h = x + attn(norm(x)); 'swin': h = x + norm(attn(x)) (Chameleon-34B)."""
+  """One decoder layer. 'pre': h = x + attn(norm(x)); 'swin': h = x + norm(attn(x)) (Chameleon-34B).
+
+  Scanned over layers: x is the carry, `kv` (this layer's cache, or None) the scanned input and output.
+  """
 
   config: Any
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, segment_ids, positions, routing):
+  def __call__(self, x, positions, segment_ids, routing, kv_segment_ids, cache_index, kv):
     c = self.config
     dtype = jnp.dtype(c.dtype)
     drop = nn.Dropout(c.dropout_rate, deterministic=self.deterministic)
-    n_norm = copies(c, "block_norms")
+    n_norm = dense.copies(c, "block_norms")
     attn_norm = RMSNorm(c.norm_eps, dtype, n_norm, name="attn_norm")
     mlp_norm = RMSNorm(c.norm_eps, dtype, n_norm, name="mlp_norm")
     attn, mlp = Attention(c, name="attn"), MLP(c, name="mlp")
+    attend = lambda y: attn(y, positions, segment_ids, routing, kv_segment_ids, cache_index, kv)  # noqa: E731
     if c.norm_order == "pre":
-      h = x + drop(attn(attn_norm(x, routing), segment_ids, positions, routing))
+      a, kv = attend(attn_norm(x, routing))
+      h = x + drop(a)
       out = h + drop(mlp(mlp_norm(h, routing), routing))
     else:
-      h = x + drop(attn_norm(attn(x, segment_ids, positions, routing), routing))
+      a, kv = attend(x)
+      h = x + drop(attn_norm(a, routing))
       out = h + drop(mlp_norm(mlp(h, routing), routing))
     out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_embed"))
-    return out, None
+    return out, kv
+
+
+def batch_inputs(batch: PackedBatch) -> dict:
+  """The Transformer's inputs from a PackedBatch: `model.apply(variables, **batch_inputs(batch))`."""
+  return {"tokens": batch.tokens, "positions": batch.positions, "segment_ids": batch.segment_ids,
+          "modality": batch.modality}
 
 
 class Transformer(nn.Module):
-  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size].
+  """Decoder-only LM over the unified vocabulary. Returns float32 logits [b, s, vocab_size], or with
+  `return_hidden=True` the final normed hidden states [b, s, embed] and the output head [embed, vocab_size],
+  both in the compute dtype, for a loss that applies the head itself (model/loss.py, chunked).
 
-  With model.num_experts > 1 it is a Mixture-of-Transformers: the weight groups in model.mot_untied have
-  one copy per modality and each token (routed by PackedBatch.modality) uses its own; attention stays
-  global over the row. The embedding and output head are shared.
+  Inputs are [b, s] int32 arrays: `tokens`, `positions` (inside each document), `segment_ids` (1.. per document, 0
+  = padding) and `modality` (data/vocab.py; routes MoT experts). With model.num_experts > 1 it is a
+  Mixture-of-Transformers: the weight groups in model.mot_untied have one copy per modality and each token uses its
+  own; attention stays global over the row. The embedding and output head are shared.
+
+  With a `cache` (model/kv_cache.py) the tokens are the next `s` of each row, written at slot `cache.index` and
+  attending over every slot before them; the call returns (logits, the updated cache).
   """
 
   config: Any  # the `model` section of the run config
 
   @nn.compact
-  def __call__(self, batch: PackedBatch, deterministic: bool = True):
+  def __call__(self, tokens, positions, segment_ids, modality, cache: kv_cache.KVCache | None = None,
+               deterministic: bool = True, return_hidden: bool = False, logits_at=None):
+    """`logits_at` [b] int32: only that token's logits per row, [b, 1, vocab] (a prompt's last, when prefilling)."""
     c = self.config
     dtype = jnp.dtype(c.dtype)
-    embedding = _param(self, "embedding", nn.initializers.normal(0.02), (c.vocab_size, c.embed_dim), ("vocab", "embed"))
-    x = embed_lookup(embedding, batch.tokens, dtype)
+    embedding = dense.param(self, "embedding", nn.initializers.normal(0.02), (c.vocab_size, c.embed_dim),
+                            ("vocab", "embed"))
+    x = embed_lookup(embedding, tokens, dtype)
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
 
     block = Block
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[c.remat_policy], prevent_cse=False)
     layers = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers,
+                     in_axes=(nn.broadcast,) * 5 + (0,), length=c.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
-    routing = experts.route(batch.modality, c.num_experts, c.mot_impl) if c.num_experts > 1 else None
-    x, _ = layers(c, deterministic, name="layers")(x, batch.segment_ids, batch.positions, routing)
-    x = RMSNorm(c.norm_eps, dtype, copies(c, "final_norm"), name="final_norm")(x, routing)
+    routing = experts.route(modality, c.num_experts, c.mot_impl) if c.num_experts > 1 else None
+    kv_segment_ids = cache_index = kv = None
+    if cache is not None:
+      kv_segment_ids = kv_cache.write(cache.segment_ids, segment_ids, cache.index)
+      cache_index, kv = cache.index, (cache.k, cache.v)
+    x, kv = layers(c, deterministic, name="layers")(x, positions, segment_ids, routing, kv_segment_ids, cache_index,
+                                                    kv)
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
+      routing = None if routing is None else routing.replace(
+          expert=jnp.take_along_axis(routing.expert, logits_at[:, None], axis=1))
+    x = RMSNorm(c.norm_eps, dtype, dense.copies(c, "final_norm"), name="final_norm")(x, routing)
 
     if c.tie_embeddings:
       head = embedding.T
     else:
-      head = _param(self, "lm_head", _dense_init(c.embed_dim), (c.embed_dim, c.vocab_size), ("embed", "vocab"))
+      head = dense.param(self, "lm_head", nn.initializers.normal(c.embed_dim**-0.5), (c.embed_dim, c.vocab_size),
+                         ("embed", "vocab"))
+    if return_hidden:
+      return x, head.astype(dtype)
     logits = output_logits(x, head.astype(dtype))
-    return nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    logits = nn.with_logical_constraint(logits, ("activation_batch", "activation_length", "activation_vocab"))
+    if cache is None:
+      return logits
+    return logits, kv_cache.KVCache(k=kv[0], v=kv[1], segment_ids=kv_segment_ids, index=cache.index + tokens.shape[1])

@@ -140,7 +140,7 @@ def _unless_out_of_memory(compile_fn):
 
 
 def mesh_shapes(config, num_devices: int) -> list[tuple[int, int, int]]:
-  """Every per-slice (data, fsdp, tensor) of num_devices (over all slices) that `config.validate` accepts."""
+  """Every per-slice (data, fsdp, tensor) of num_devices (over all slices) that `train.validate.validate` accepts."""
   shapes = []
   per_slice = num_devices // math.prod(mesh_lib.dcn_shape(config.mesh))
   for data in range(1, per_slice + 1):

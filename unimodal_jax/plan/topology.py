@@ -1,4 +1,5 @@
-"""TPU generations in one table, and their devices for ahead-of-time compilation on a host without TPUs.
+"""TPU generations: slice layouts on top of the per-chip table (parallel/chips.py), and their devices for
+ahead-of-time compilation on a host without TPUs.
 
 Sources for every number: docs/topologies.md. This module describes hardware; it never touches a device.
 """
@@ -11,28 +12,37 @@ import re
 from jax.experimental import topologies
 
 from unimodal_jax import extras
-
-GIB = 2**30
+from unimodal_jax.parallel.chips import CHIPS, Chip
 
 
 @dataclasses.dataclass(frozen=True)
 class Generation:
-  name: str  # as in accelerator types: v5p-256
+  chip: Chip  # its name is the generation's, as in accelerator types: v5p (of v5p-256)
   libtpu_name: str  # topology-name prefix get_topology_desc expects: v5:4x4x8
   chip_config_name: str  # 'megacore': the chip's two TensorCores act as one device
   dims: int  # 3: 3D torus (v4, v5p); 2: 2D torus (v5e, v6e)
   cores_per_chip: int  # accelerator types count TensorCores: v5p-256 is 128 chips
   chips_per_host: int  # in multi-host slices
   single_host_chips: int  # the largest slice one host drives
-  hbm_bytes: int  # per chip, usable: the limit libtpu's compiler enforces (a little under the spec)
-  peak_bf16_flops: float  # per chip
+
+  @property
+  def name(self) -> str:
+    return self.chip.name
+
+  @property
+  def hbm_bytes(self) -> int:  # per chip, usable
+    return self.chip.hbm_bytes
+
+  @property
+  def peak_bf16_flops(self) -> float:  # per chip
+    return self.chip.peak_bf16_flops
 
 
 GENERATIONS = {g.name: g for g in (
-    Generation("v4", "v4", "megacore", 3, 2, 4, 4, int(30.75 * GIB), 275e12),
-    Generation("v5e", "v5e", "default", 2, 1, 4, 8, int(15.75 * GIB), 197e12),
-    Generation("v5p", "v5", "megacore", 3, 2, 4, 4, int(95.74 * GIB), 459e12),
-    Generation("v6e", "v6e", "default", 2, 1, 4, 8, int(31.25 * GIB), 918e12),
+    Generation(CHIPS["v4"], "v4", "megacore", 3, 2, 4, 4),
+    Generation(CHIPS["v5e"], "v5e", "default", 2, 1, 4, 8),
+    Generation(CHIPS["v5p"], "v5", "megacore", 3, 2, 4, 4),
+    Generation(CHIPS["v6e"], "v6e", "default", 2, 1, 4, 8),
 )}
 
 

@@ -64,23 +64,64 @@ def _restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
   return manager.restore(step, args=ocp.args.Composite(**items)).state
 
 
+UNREADABLE_DIR = "unreadable_checkpoints"  # beside checkpoints/: steps that failed to restore, kept for inspection
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
+  """Rename an unreadable step out of the manager's directory (never delete it), with the reason beside it, so the
+  run can save that step again. Process 0 moves; every process then sees the manager without it."""
+  source = os.path.join(str(manager.directory), str(step))
+  target = os.path.join(os.path.dirname(str(manager.directory)), UNREADABLE_DIR,
+                        f"{step}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(source, target)
+    with open(os.path.join(target, "REASON.txt"), "w") as f:
+      f.write(f"checkpoint step {step} could not be restored and was moved here from {source}:\n{reason}\n")
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"unreadable checkpoint {step} moved aside")
+  manager.reload()
+  return target
+
+
 def restore_latest(manager: ocp.CheckpointManager, state, data_iterator=None):
   """Restore the newest readable checkpoint into the shapes/shardings of `state` and into `data_iterator`.
 
-  A checkpoint that fails to restore (truncated, corrupted) is skipped with a warning naming its step, and the
-  next older one is tried. Returns `state` unchanged when there is no checkpoint; raises NoValidCheckpointError
-  when there are checkpoints but none restores (training from scratch over them would lose the run).
+  A checkpoint that fails to restore (truncated, corrupted) is moved aside (`move_aside`) with a warning naming its
+  step and where it went, and the next older one is tried. Returns `state` unchanged when there is no checkpoint;
+  raises NoValidCheckpointError when there are checkpoints but none restores (training from scratch over them
+  would lose the run; they are then left in place).
   """
   steps = sorted(manager.all_steps(), reverse=True)
+  failures = []
   for step in steps:
     try:
-      return _restore(manager, step, state, data_iterator)
+      restored = _restore(manager, step, state, data_iterator)
     except Exception as e:  # orbax/tensorstore raise many types for unreadable data
-      logging.warning("checkpoint step %d in %s cannot be restored (%s: %s); trying an older one", step,
-                      manager.directory, type(e).__name__, str(e)[:500])
+      failures.append((step, f"{type(e).__name__}: {' '.join(str(e).split())[:2000]}"))  # one line
+      logging.warning("checkpoint step %d in %s cannot be restored (%s); trying an older one", step,
+                      manager.directory, failures[-1][1][:500])
+      continue
+    for bad_step, reason in failures:
+      where = move_aside(manager, bad_step, reason)
+      logging.warning("moved unreadable checkpoint step %d to %s; this run will save that step again", bad_step,
+                      where)
+    return restored
   if steps:
-    raise NoValidCheckpointError(f"none of the checkpoints {steps} in {manager.directory} can be restored")
+    raise NoValidCheckpointError(f"none of the checkpoints {steps} in {manager.directory} can be restored; they are "
+                                 f"left in place. First error (step {failures[0][0]}): {failures[0][1][:500]}")
   return state
+
+
+def verify(manager: ocp.CheckpointManager, step: int, abstract_state) -> None:
+  """Raise unless checkpoint `step`, once written, restores (the last checkpoint of a finished run must)."""
+  manager.wait_until_finished()
+  try:
+    _restore(manager, step, abstract_state, None)
+  except Exception as e:
+    raise RuntimeError(f"checkpoint step {step} in {manager.directory} was written but cannot be read back "
+                       f"({type(e).__name__}: {str(e)[:500]})") from e
 
 
 def restore_step_dir(step_dir: str, state, data_iterator):

@@ -11,7 +11,6 @@ import numpy as np
 from unimodal_jax.data import pipeline
 from unimodal_jax.data.vocab import MODALITIES
 from unimodal_jax.model.loss import metrics_from_sums
-from unimodal_jax.parallel import mesh as mesh_lib
 
 
 def held_out_batches(config, paths, *, process_index: int, process_count: int) -> list:
@@ -24,11 +23,12 @@ def held_out_batches(config, paths, *, process_index: int, process_count: int) -
   return list(itertools.islice(iter(dataset), config.eval.num_batches))
 
 
-def evaluate(eval_step, params, batches, mesh) -> dict:
-  """eval/loss, eval/perplexity and both per modality present in the batches (token-weighted over all batches)."""
+def evaluate(eval_step, params, batches) -> dict:
+  """eval/loss, eval/perplexity and both per modality present in the batches (global batches on the mesh,
+  placed once for the run), token-weighted over all batches."""
   sums = None
   for batch in batches:
-    batch_sums = eval_step(params, mesh_lib.global_batch(batch, mesh))
+    batch_sums = eval_step(params, batch)
     sums = batch_sums if sums is None else jax.tree.map(lambda a, b: a + b, sums, batch_sums)
   m = jax.device_get(metrics_from_sums(sums))
   out = {"eval/loss": float(m["loss"]), "eval/perplexity": float(np.exp(m["ce_loss"])),

@@ -12,12 +12,13 @@ from jax.experimental import multihost_utils
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.data import embedded, pipeline, sources
-from unimodal_jax.data.vocab import MODALITIES, from_config
-from unimodal_jax.model import experts, flops
+from unimodal_jax.data.batch import PackedBatch
+from unimodal_jax.data.vocab import from_config
+from unimodal_jax.model import experts
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train import checkpoint, evaluate, metrics as metrics_lib, preemption as preemption_lib
-from unimodal_jax.train import state as state_lib, step as step_lib
+from unimodal_jax.train import prefetch, progress, state as state_lib, step as step_lib
 from unimodal_jax.train import validate as validate_lib
 
 
@@ -43,36 +44,6 @@ def data_paths(config, workdir: str) -> tuple[list[str] | None, list[str]]:
   return train_paths[:-1], train_paths[-1:]
 
 
-def interval_metrics(step_metrics: list[dict]) -> dict:
-  """Means over the steps of a logging interval, fetched in one transfer.
-
-  Per-modality losses are token-weighted; lr and the skipped-step counters are the last step's; a modality with
-  no tokens in the interval is left out.
-  """
-  rows = jax.device_get(step_metrics)
-  m = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if not k.startswith(("loss/", "num_tokens"))}
-  for name in MODALITIES:
-    counts = np.array([r[f"num_tokens/{name}"] for r in rows], np.float64)
-    m[f"num_tokens/{name}"] = float(counts.sum())
-    if counts.sum() > 0:
-      m[f"loss/{name}"] = float(np.sum(counts * np.array([r[f"loss/{name}"] for r in rows])) / counts.sum())
-  m["num_tokens"] = float(sum(r["num_tokens"] for r in rows))
-  for key in ("lr", "skipped_steps", "nonfinite_streak"):  # where the interval ended, not means
-    if key in rows[-1]:
-      m[key] = float(rows[-1][key])
-  return m
-
-
-def throughput(tokens_per_sec: float, config) -> dict:
-  """tokens/s, model TFLOP/s per device (active FLOPs: a MoT token counts one expert) and, if the
-  device's peak is configured, MFU."""
-  tflops = tokens_per_sec * flops.train_flops_per_token(config.model, config.data.seq_len) / 1e12
-  out = {"tokens_per_sec": tokens_per_sec, "model_tflops_per_device": tflops / jax.device_count()}
-  if config.train.peak_tflops_per_device > 0:
-    out["mfu"] = out["model_tflops_per_device"] / config.train.peak_tflops_per_device
-  return out
-
-
 def upcycled_params(config, model, mesh, rules, param_shardings):
   """The dense checkpoint `config.train.upcycle_from` copied into every expert of the MoT `model`."""
   dense_config = config.model.copy_and_resolve_references()
@@ -87,9 +58,9 @@ def upcycled_params(config, model, mesh, rules, param_shardings):
     return jax.jit(upcycle, out_shardings=param_shardings)(params)
 
 
-def bad_records(data_iter) -> float:
-  """Records skipped so far (data.on_bad_record='skip'), summed over processes."""
-  counts = np.array(data_iter.bad_records, np.int64)
+def bad_records(count: int) -> float:
+  """Records skipped up to the last batch trained on (data.on_bad_record='skip'), summed over processes."""
+  counts = np.array(count, np.int64)
   return float(multihost_utils.process_allgather(counts).sum() if jax.process_count() > 1 else counts)
 
 
@@ -108,23 +79,57 @@ def check_finite(nonfinite_streak: int, step: int, config):
 
 
 def initial_state(config, manager, data_iter, *, model, tx, mesh, rules):
-  """The newest readable checkpoint of this run; else train.branch_from / init_from / upcycle_from; else fresh."""
-  state, shardings = state_lib.create_state(model, tx, mesh, rules, jax.random.key(config.seed), config.data.seq_len)
+  """The newest readable checkpoint of this run; else train.branch_from / init_from / upcycle_from; else fresh.
+
+  Checkpoints restore into the abstract state (shapes, dtypes and shardings by jax.eval_shape), so nothing is
+  initialised only to be overwritten. Returns the state and that abstract state.
+  """
+  seq_len, t = config.data.seq_len, config.train
+  shardings = state_lib.state_shardings(model, tx, mesh, rules, seq_len)
+  abstract = state_lib.abstract_state(model, tx, seq_len, shardings)
   if manager.all_steps():
-    return checkpoint.restore_latest(manager, state, data_iter), shardings
-  t = config.train
+    return checkpoint.restore_latest(manager, abstract, data_iter), abstract
   if t.branch_from:
-    state = checkpoint.restore_step_dir(t.branch_from, state, data_iter)
-  elif t.init_from:
-    state = state.replace(params=checkpoint.restore_params(
-        t.init_from, state_lib.abstract_params(model, config.data.seq_len, shardings.params)))
+    return checkpoint.restore_step_dir(t.branch_from, abstract, data_iter), abstract
+  if t.init_from:
+    params = checkpoint.restore_params(t.init_from, abstract.params)
   elif t.upcycle_from:
-    state = state.replace(params=upcycled_params(config, model, mesh, rules, shardings.params))
-  return state, shardings
+    params = upcycled_params(config, model, mesh, rules, shardings.params)
+  else:
+    return state_lib.create_state(model, tx, mesh, rules, jax.random.key(config.seed), seq_len, shardings)[0], abstract
+  return state_lib.state_from_params(params, tx, mesh, rules, shardings), abstract
 
 
-def train(config, workdir: str) -> dict:
+def abstract_batch(config, mesh) -> PackedBatch:
+  """ShapeDtypeStructs of the global batch on `mesh`: what the steps are compiled for."""
+  sharding = mesh_lib.batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                      state_lib.dummy_batch(config.data.seq_len, config.train.batch_size))
+
+
+def compile_steps(config, abstract, mesh, rules, *, with_eval: bool, model, tx, vocab, schedule):
+  """The train step, and the eval step when `with_eval` (else None), compiled ahead of time for the abstract state
+  and batch; and the seconds each took to lower and compile, reported on their own so that no rate includes them."""
+  batch, shardings = abstract_batch(config, mesh), jax.tree.map(lambda x: x.sharding, abstract)
+  seconds, eval_step = {}, None
+  with mesh_lib.mesh_context(mesh, rules):
+    t0 = time.perf_counter()
+    train_step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
+                                             schedule=schedule).lower(abstract, batch).compile()
+    seconds["train"] = time.perf_counter() - t0
+    if with_eval:
+      t0 = time.perf_counter()
+      eval_step = step_lib.compile_eval_step(shardings.params, mesh, model=model, vocab=vocab,
+                                             z_loss=config.model.z_loss).lower(abstract.params, batch).compile()
+      seconds["eval"] = time.perf_counter() - t0
+  return train_step, eval_step, seconds
+
+
+def train(config, workdir: str, on_step=None) -> dict:
   """Train `config` in `workdir`, resuming from its newest readable checkpoint; returns the last logged metrics.
+
+  `on_step(step, params)`, if given, runs after every step inside the mesh context (unimodal-train passes
+  sample/periodic.py's hook, which samples every config.sample.every steps).
 
   On SIGTERM (any host) it saves at the next step boundary every process agrees on and returns early.
   """
@@ -136,34 +141,40 @@ def train(config, workdir: str) -> dict:
   vocab = from_config(config)
   train_paths, eval_paths = data_paths(config, workdir)
   shares = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  data_iter = iter(pipeline.make_dataset(config, train_paths, **shares))
-
   mesh = mesh_lib.create_mesh(config.mesh)
   rules = mesh_lib.axis_rules(config)
-  model = Transformer(config.model)
-  schedule = state_lib.make_schedule(config.optim, config.train.num_steps)
-  tx = state_lib.make_optimizer(config.optim, config.train.num_steps)
-  manager = checkpoint.make_manager(workdir, config.train)
-  state, shardings = initial_state(config, manager, data_iter, model=model, tx=tx, mesh=mesh, rules=rules)
-  train_step = step_lib.compile_train_step(shardings, mesh, rules, model=model, tx=tx, vocab=vocab, config=config,
-                                           schedule=schedule)
-  if eval_paths:
-    eval_step = step_lib.compile_eval_step(shardings.params, mesh, model=model, vocab=vocab,
-                                           z_loss=config.model.z_loss)
-    eval_batches = evaluate.held_out_batches(config, eval_paths, **shares)
-
-  writer = metrics_lib.MetricsWriter(workdir)
-  preemption = preemption_lib.PreemptionWatch()
   t = config.train
-  profile_stop = t.profile_start_step + t.profile_num_steps if t.profile_start_step >= 0 else -1
-  last, pending, extra, previous, t0 = {}, [], {}, None, time.perf_counter()
+  # (device batch, bad records so far), read and placed t.prefetch_batches steps ahead on a background thread.
+  data_iter = prefetch.device_batches(pipeline.make_dataset(config, train_paths, **shares),
+                                      functools.partial(mesh_lib.global_batch, mesh=mesh), t.prefetch_batches)
+
+  model = Transformer(config.model)
+  schedule = state_lib.make_schedule(config.optim, t.num_steps)
+  tx = state_lib.make_optimizer(config.optim, t.num_steps)
+  manager = checkpoint.make_manager(workdir, t)
+  state, abstract = initial_state(config, manager, data_iter, model=model, tx=tx, mesh=mesh, rules=rules)
+  data_iter.start_prefetch()  # the first batches are read and placed while the steps compile
+  train_step, eval_step, compile_s = compile_steps(config, abstract, mesh, rules, with_eval=bool(eval_paths),
+                                                   model=model, tx=tx, vocab=vocab, schedule=schedule)
+  print(progress.compile_line(compile_s), flush=True)
+  if eval_paths:
+    eval_batches = [mesh_lib.global_batch(b, mesh) for b in evaluate.held_out_batches(config, eval_paths, **shares)]
+
   start = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+  preemption = preemption_lib.PreemptionWatch()
+  peak_tflops = progress.peak_tflops_per_device(config, jax.devices()[0].device_kind)
+  profile_stop = t.profile_start_step + t.profile_num_steps if t.profile_start_step >= 0 else -1
+  last, pending, previous, skipped = {}, [], None, 0
+  extra = {f"compile_s/{name}": s for name, s in compile_s.items()}  # goes into the first logged row
+  clock = progress.Stopwatch()
   try:
     with mesh_lib.mesh_context(mesh, rules):
       for step in range(start, t.num_steps):
         if step == t.profile_start_step:
           jax.profiler.start_trace(str(epath.Path(workdir) / "profile"))
-        state, metrics = train_step(state, mesh_lib.global_batch(next(data_iter), mesh))
+        batch, skipped = next(data_iter)
+        state, metrics = train_step(state, batch)
         if previous is not None:  # the step before this one has finished while this one was queued
           check_finite(int(jax.device_get(previous["nonfinite_streak"])), step, config)
         pending.append(metrics)
@@ -171,36 +182,56 @@ def train(config, workdir: str) -> dict:
         if done == profile_stop:
           jax.block_until_ready(state)
           jax.profiler.stop_trace()
+        row = {}
         if done % t.log_every == 0 or done == t.num_steps:
-          last = interval_metrics(pending)  # blocks until the interval's steps are done
-          elapsed = time.perf_counter() - t0
-          last.update(throughput(last["num_tokens"] / elapsed, config), step_time=elapsed / len(pending), **extra)
-          last["data/bad_records"] = bad_records(data_iter)
-          if eval_paths and (done % config.eval.every == 0 or done == t.num_steps):
-            last.update(evaluate.evaluate(eval_step, state.params, eval_batches, mesh))
-          writer.write(done, last)
-          print(f"step {done}: loss {last['loss']:.4f} ({last['tokens_per_sec']:.0f} tokens/s)", flush=True)
-          pending, extra, t0 = [], {}, time.perf_counter()
+          last = progress.interval_metrics(pending)  # blocks until the interval's steps are done
+          seconds, slots = clock.lap(), len(pending) * t.batch_size * config.data.seq_len
+          last.update(progress.throughput(last["num_tokens"], slots, seconds, config, num_devices=jax.device_count(),
+                                          peak_tflops=peak_tflops), step_time=seconds / len(pending), **extra)
+          last["data/bad_records"] = bad_records(skipped)
+          eta = progress.eta_seconds(done, start, t.num_steps, clock.elapsed())
+          print(progress.step_line(done, t.num_steps, last, eta), flush=True)
+          row, pending, extra = dict(last), [], {}
+        if eval_paths and (done % config.eval.every == 0 or done == t.num_steps):
+          jax.block_until_ready(state)  # waiting for the steps before it is stepping time, not evaluation
+          with clock.paused():
+            evaluated = evaluate.evaluate(eval_step, state.params, eval_batches)
+          print(progress.eval_line(done, t.num_steps, evaluated), flush=True)
+          row.update(evaluated)
+          last.update(evaluated)
+        if row:
+          writer.write(done, row)
+        if on_step is not None:
+          with clock.paused():
+            on_step(done, state.params)
         if preemption.reached(done):
           checkpoint.save(manager, done, state, config, every=t.checkpoint_every, data_iterator=data_iter, force=True)
           print(f"Preempted: saved step {done}, exiting.", flush=True)
           break
-        blocked = checkpoint.save(manager, done, state, config, every=t.checkpoint_every, data_iterator=data_iter)
+        if done % t.checkpoint_every == 0:
+          jax.block_until_ready(state)  # as for evaluation: the steps' time is not the save's
+        with clock.paused():  # the first save also compiles orbax's slicing programs
+          blocked = checkpoint.save(manager, done, state, config, every=t.checkpoint_every, data_iterator=data_iter)
         if blocked is not None:
           extra["checkpoint_save_blocking_s"] = blocked
       else:
         check_finite(int(jax.device_get(previous["nonfinite_streak"])) if previous else 0, t.num_steps, config)
+        if int(jax.device_get(state.skipped_steps)) >= t.num_steps:
+          raise NonFiniteError(f"all {t.num_steps} steps had NaN/Inf loss or gradients and were skipped: the params "
+                               "are the initial ones. Check the model config (e.g. model.rope_theta, model.norm_eps) "
+                               "and optim.learning_rate.")
         if manager.latest_step() != t.num_steps:
           checkpoint.save(manager, t.num_steps, state, config, every=t.checkpoint_every, data_iterator=data_iter,
                           force=True)
+        checkpoint.verify(manager, t.num_steps, abstract)
   finally:  # a halt (NonFiniteError) or a failing step still lets the checkpoint being written finish
+    data_iter.close()
     preemption.close()
     manager.wait_until_finished()
     writer.close()
   if jax.process_index() == 0 and writer.jsonl_path.exists():
     metrics_lib.plot_losses(writer.jsonl_path, epath.Path(workdir) / metrics_lib.LOSS_PLOT)
   return last
-
 
 def describe_outputs(workdir: str) -> str:
   paths = {"checkpoints": "checkpoints", "metrics": metrics_lib.METRICS_FILE, "tensorboard": "tensorboard",

@@ -21,21 +21,47 @@ METRICS_FILE = "metrics.jsonl"
 LOSS_PLOT = "loss.png"
 
 
+def truncate_jsonl(path, last_step: int) -> int:
+  """Drop the rows of `path` past `last_step` (a run resumed there logs them again), by an atomic rewrite; unparseable
+  lines (a row cut short by a kill) go too. Returns how many rows were dropped."""
+  path = epath.Path(path)
+  if not path.exists():
+    return 0
+  lines = [line for line in path.read_text().splitlines() if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= last_step:
+        kept.append(line + "\n")
+    except (json.JSONDecodeError, KeyError, TypeError):
+      pass
+  if len(kept) != len(lines):
+    tmp = path.parent / (path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)  # rename() refuses an existing destination under etils.epath
+  return len(lines) - len(kept)
+
+
 class MetricsWriter:
-  def __init__(self, workdir: str):
+  """Appends to a run's metrics; `resume_step` (the step a run restarts from) first drops what was logged past it,
+  in metrics.jsonl and, through TensorBoard's purge_step, in the event files, so no step appears twice."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
     self._enabled = jax.process_index() == 0
     self._local = "://" not in str(workdir)
     self.jsonl_path = epath.Path(workdir) / METRICS_FILE
     self.tensorboard_dir = epath.Path(workdir) / "tensorboard"
     if self._enabled:
       epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      truncate_jsonl(self.jsonl_path, resume_step)
+      purge_step = resume_step + 1 if resume_step else None
       if self._local:
         self._file = open(self.jsonl_path, "a")
-        self._tb = SummaryWriter(str(self.tensorboard_dir))
+        self._tb = SummaryWriter(str(self.tensorboard_dir), purge_step=purge_step)
       else:
         self._lines = self.jsonl_path.read_text().splitlines(keepends=True) if self.jsonl_path.exists() else []
         self._staging = tempfile.mkdtemp(prefix="tensorboard-")
-        self._tb = SummaryWriter(self._staging)
+        self._tb = SummaryWriter(self._staging, purge_step=purge_step)
 
   def write(self, step: int, metrics: dict):
     if not self._enabled:

@@ -14,7 +14,6 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.parallel import mesh as mesh_lib
 
 SCHEDULES = ("cosine", "wsd")
@@ -81,21 +80,26 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
                   weight_decay=optim.weight_decay, mask=mask))
 
 
-def dummy_batch(seq_len: int, rows: int = 1) -> PackedBatch:
+def dummy_inputs(seq_len: int, rows: int = 1) -> dict:
+  """Transformer inputs to initialise or trace the model with: rows of one all-zero document."""
   zeros = np.zeros((rows, seq_len), np.int32)
-  return PackedBatch(tokens=zeros, targets=zeros, segment_ids=zeros + 1, positions=zeros, modality=zeros,
-                     loss_weights=zeros.astype(np.float32))
+  return {"tokens": zeros, "positions": zeros, "segment_ids": zeros + 1, "modality": zeros}
+
+
+def init_params(model: nn.Module, rng, seq_len: int = 8):
+  """Freshly initialised float32 params (plain arrays; the logical axis names are dropped)."""
+  return nn.unbox(model.init(rng, **dummy_inputs(seq_len))["params"])
 
 
 def param_logical_specs(model: nn.Module, seq_len: int):
   """Logical PartitionSpecs of the model's parameters (from their axis names, without allocating)."""
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_batch(seq_len))["params"])
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), **dummy_inputs(seq_len))["params"])
   return nn.get_partition_spec(boxed)
 
 
 def abstract_params(model: nn.Module, seq_len: int, shardings):
   """ShapeDtypeStructs of the model's (unboxed) parameters, carrying `shardings`."""
-  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), dummy_batch(seq_len))["params"]))
+  shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), seq_len))
   return jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), shapes, shardings)
 
 
@@ -117,15 +121,27 @@ def state_shardings(model, tx, mesh, rules, seq_len: int):
                     nonfinite_streak=replicated)
 
 
-def _init_state(model, tx, rng, seq_len):
-  params = nn.unbox(model.init(rng, dummy_batch(seq_len))["params"])
+def _state_at_step_0(params, tx) -> TrainState:
   zero = jnp.zeros((), jnp.int32)
   return TrainState(step=zero, params=params, opt_state=tx.init(params), skipped_steps=zero, nonfinite_streak=zero)
 
 
-def create_state(model, tx, mesh, rules, rng, seq_len: int):
-  """A freshly initialised TrainState laid out on `mesh`, and its shardings."""
-  shardings = state_shardings(model, tx, mesh, rules, seq_len)
+def _init_state(model, tx, rng, seq_len):
+  return _state_at_step_0(init_params(model, rng, seq_len), tx)
+
+
+def create_state(model, tx, mesh, rules, rng, seq_len: int, shardings=None):
+  """A freshly initialised TrainState laid out on `mesh` (in `shardings`, derived when not given), and its
+  shardings."""
+  if shardings is None:
+    shardings = state_shardings(model, tx, mesh, rules, seq_len)
   with mesh_lib.mesh_context(mesh, rules):
     state = jax.jit(lambda r: _init_state(model, tx, r, seq_len), out_shardings=shardings)(rng)
   return state, shardings
+
+
+def state_from_params(params, tx, mesh, rules, shardings) -> TrainState:
+  """A TrainState at step 0 around given `params` (a converted or upcycled checkpoint): fresh optimizer state,
+  laid out in `shardings`, without initialising parameters only to replace them."""
+  with mesh_lib.mesh_context(mesh, rules):
+    return jax.jit(lambda p: _state_at_step_0(p, tx), out_shardings=shardings)(params)

@@ -12,16 +12,22 @@ from jax.sharding import PartitionSpec as P
 
 from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.data.vocab import MODALITIES
-from unimodal_jax.model.loss import loss_sums, metrics_from_sums
+from unimodal_jax.model.loss import chunked_loss_sums, loss_sums, metrics_from_sums
+from unimodal_jax.model.transformer import batch_inputs
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.train.state import TrainState
 
 
 def batch_loss_sums(params, batch: PackedBatch, *, model, vocab, z_loss, dropout_rng=None) -> dict:
-  """Loss sums (model/loss.py) of `params` on `batch`; dropout is active iff a dropout_rng is given."""
+  """Loss sums (model/loss.py) of `params` on `batch`; dropout is active iff a dropout_rng is given. With
+  model.loss_chunk_size > 0 the output head and loss run that many positions at a time."""
   rngs = None if dropout_rng is None else {"dropout": dropout_rng}
-  logits = model.apply({"params": params}, batch, deterministic=dropout_rng is None, rngs=rngs)
-  return loss_sums(logits, batch, vocab, z_loss)
+  chunk_size = model.config.loss_chunk_size
+  out = model.apply({"params": params}, **batch_inputs(batch), deterministic=dropout_rng is None, rngs=rngs,
+                    return_hidden=chunk_size > 0)
+  if chunk_size > 0:
+    return chunked_loss_sums(*out, batch, vocab, z_loss, chunk_size)
+  return loss_sums(out, batch, vocab, z_loss)
 
 
 def loss_fn(params, batch: PackedBatch, *, model, vocab, z_loss, dropout_rng=None):

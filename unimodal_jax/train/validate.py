@@ -9,10 +9,23 @@ from unimodal_jax.vq import checks as vq_checks
 
 
 def check(config, batch_shards: int) -> None:
-  """Optimizer, schedule, accumulation, initialisation, evaluation and profiling keys."""
+  """Optimizer, schedule, accumulation, input prefetch, initialisation, evaluation and profiling keys."""
   o, t, e, m = config.optim, config.train, config.eval, config.model
   _check(t.num_steps >= 1, "train.num_steps", f"must be >= 1, got {t.num_steps}")
-  _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+  _check(t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}")
+  for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+    _check(t[key] >= 1, f"train.{key}", f"must be >= 1, got {t[key]}")
+  _check(t.peak_tflops_per_device >= 0, "train.peak_tflops_per_device",
+         f"must be >= 0 (0: from the chip table), got {t.peak_tflops_per_device}")
+  _check(o.learning_rate > 0, "optim.learning_rate", f"must be > 0, got {o.learning_rate}")
+  _check(0 <= o.end_lr_ratio <= 1, "optim.end_lr_ratio", f"must be in [0, 1], got {o.end_lr_ratio}")
+  for key in ("b1", "b2"):
+    _check(0 <= o[key] < 1, f"optim.{key}", f"must be in [0, 1), got {o[key]}")
+  _check(o.eps > 0, "optim.eps", f"must be > 0, got {o.eps}")
+  _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+  _check(o.clip_norm > 0, "optim.clip_norm", f"must be > 0 (a large value clips nothing), got {o.clip_norm}")
+  _check(0 <= o.warmup_steps <= t.num_steps, "optim.warmup_steps",
+         f"must be in [0, train.num_steps={t.num_steps}], got {o.warmup_steps}")
   _check(o.schedule in SCHEDULES, "optim.schedule", f"{o.schedule!r} is not one of {SCHEDULES}")
   if o.schedule == "wsd":
     _check(o.wsd_decay in WSD_DECAYS, "optim.wsd_decay", f"{o.wsd_decay!r} is not one of {WSD_DECAYS}")
@@ -26,6 +39,7 @@ def check(config, batch_shards: int) -> None:
          f"of the {batch_shards} data-parallel shards")
   _check(t.max_consecutive_nonfinite >= 1, "train.max_consecutive_nonfinite",
          f"must be >= 1, got {t.max_consecutive_nonfinite}")
+  _check(t.prefetch_batches >= 0, "train.prefetch_batches", f"must be >= 0, got {t.prefetch_batches}")
   _check(t.keep_period >= 0, "train.keep_period", f"must be >= 0, got {t.keep_period}")
   _check(sum(bool(x) for x in (t.init_from, t.upcycle_from, t.branch_from)) <= 1, "train.branch_from",
          f"give at most one of train.branch_from={t.branch_from!r}, init_from={t.init_from!r}, "

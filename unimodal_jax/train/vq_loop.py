@@ -314,7 +314,7 @@ def train(config, workdir: str) -> dict:
   step_fn, restart_fn = make_train_step(config, lpips_weights), make_restart(config)
   reconstruct = make_reconstruct(config)
   eval_pixels = data.eval_images()
-  writer = MetricsWriter(workdir)
+  writer = MetricsWriter(workdir, resume_step=int(state["step"]))
   log_counts, start, tick = np.zeros(m.num_embeddings, np.int64), int(state["step"]), time.time()
   if t.eval_every and start == 0:  # the baseline the run improves on
     writer.write(0, evaluate(reconstruct, state["params"], eval_pixels))

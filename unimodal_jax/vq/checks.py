@@ -7,6 +7,8 @@ VQ_KINDS = ("kmeans", "vqgan")  # vq/codes.py; the embedded dataset fits its own
 
 def check(config) -> None:
   vq = config.vq
+  for key in ("image_size", "patch_size", "num_codes"):
+    _check(vq[key] >= 1, f"vq.{key}", f"must be >= 1, got {vq[key]}")
   _check(vq.kind in VQ_KINDS, "vq.kind", f"{vq.kind!r} is not one of {VQ_KINDS}")
   _check(vq.image_size % vq.patch_size == 0, "vq.image_size",
          f"{vq.image_size} is not a multiple of vq.patch_size={vq.patch_size}")

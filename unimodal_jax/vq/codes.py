@@ -112,3 +112,22 @@ def image_tokenizer(config) -> Callable[[np.ndarray], np.ndarray]:
     check_vqgan_dims(config)
     return VQGANTokenizer(path).encode
   raise ValueError(f"config.vq.kind={vq.kind!r} has no image tokenizer here (known: 'kmeans', 'vqgan')")
+
+
+def image_decoder(config) -> Callable[[np.ndarray], np.ndarray]:
+  """codes [n, h, w] -> uint8 images [n, image_size, image_size, 3] with the tokenizer at config.vq.tokenizer_path
+  (a k-means codebook's centres, or the VQGAN's decoder), checked against config.vq."""
+  vq, path = config.vq, config.vq.tokenizer_path
+  if not path:
+    raise ValueError(f"config.vq.tokenizer_path: needs the saved image tokenizer (vq.kind={vq.kind!r}) to decode codes")
+  if vq.kind == "kmeans":
+    tokenizer = kmeans.KMeansTokenizer.load(path)
+    found = (tokenizer.image_size, tokenizer.patch_size, tokenizer.num_codes)
+    if found != (vq.image_size, vq.patch_size, vq.num_codes):
+      raise ValueError(f"config.vq.tokenizer_path={path}: a codebook for image_size, patch_size, num_codes = {found}, "
+                       f"but config.vq has {(vq.image_size, vq.patch_size, vq.num_codes)}")
+    return tokenizer.decode
+  if vq.kind == "vqgan":
+    check_vqgan_dims(config)
+    return VQGANTokenizer(path).decode
+  raise ValueError(f"config.vq.kind={vq.kind!r} has no image decoder here (known: 'kmeans', 'vqgan')")

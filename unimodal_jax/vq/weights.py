@@ -146,7 +146,16 @@ def load_tokenizer(out_dir: str):
   import jax
   from safetensors.numpy import load
   directory = epath.Path(out_dir)
-  config = config_from_hf(json.loads((directory / CONFIG_FILE).read_text()))
+  try:
+    config = config_from_hf(json.loads((directory / CONFIG_FILE).read_text()))
+  except (OSError, ValueError, TypeError) as e:
+    raise ValueError(f"{directory / CONFIG_FILE}: not a readable VQGAN tokenizer config ({type(e).__name__}: "
+                     f"{e})") from e
   vqgan.validate(config)
   shapes = jax.eval_shape(lambda: vqgan.init_params(config, jax.random.key(0)))
-  return import_state_dict(load((directory / WEIGHTS_FILE).read_bytes()), shapes), config
+  try:
+    state = load((directory / WEIGHTS_FILE).read_bytes())
+  except Exception as e:  # safetensors raises its own types for truncated or foreign files
+    raise ValueError(f"{directory / WEIGHTS_FILE}: not a readable VQGAN weights file ({type(e).__name__}: "
+                     f"{e})") from e
+  return import_state_dict(state, shapes), config

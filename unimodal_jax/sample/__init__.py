@@ -1,0 +1,1 @@
+"""Sampling: KV-cached decoding of text, images and interleaved documents (docs/sampling.md)."""

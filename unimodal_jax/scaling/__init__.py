@@ -1,0 +1,1 @@
+"""Scaling-law sweeps: size families, run plans, local and pod launch, collection, fits and plots."""
