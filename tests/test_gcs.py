@@ -44,7 +44,7 @@ def config_for(data_dir, text_size, steps):
   c.data.source, c.data.dir = "shards", data_dir
   c.vocab.text_size, c.model.vocab_size = text_size, text_size + 2 + 32
   c.vq.image_size, c.vq.patch_size, c.vq.num_codes = 16, 4, 32
-  c.train.num_steps, c.train.log_every, c.train.checkpoint_every = steps, 2, 2
+  c.train.num_steps, c.train.log_every, c.train.checkpoint_every, c.optim.warmup_steps = steps, 2, 2, 2
   c.data.seq_len = 64
   return c
 
