@@ -25,7 +25,8 @@ from unimodal_jax.train import loop, metrics as metrics_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_IMAGES, TEXT_SIZE = 24, 400
-TEXT_DOCS = [pydoc_data.topics.topics[k][:400] for k in sorted(pydoc_data.topics.topics)][:12]  # short: images in every batch
+# short texts, so that every batch holds images too
+TEXT_DOCS = [pydoc_data.topics.topics[k][:400] for k in sorted(pydoc_data.topics.topics)][:12]
 
 
 def corpus(root):

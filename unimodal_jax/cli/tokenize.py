@@ -20,7 +20,8 @@ from unimodal_jax.cli import common
 from unimodal_jax.data import inputs
 from unimodal_jax.ingest import build, encoders
 
-_IMAGES = flags.DEFINE_string("images", None, "A folder of image files (recursive), each with an optional x.txt caption.")
+_IMAGES = flags.DEFINE_string("images", None, "A folder of image files (recursive), each with an optional x.txt "
+                              "caption.")
 _JSONL = flags.DEFINE_string("jsonl", None, "A JSONL file of image-caption pairs or interleaved documents.")
 _TFDS = flags.DEFINE_string("tfds", None, "A TFDS dataset as name:split (tfds.data_source) or dataset_dir:split "
                             "(a prepared dataset's versioned directory).")

@@ -1,5 +1,5 @@
-"""Raw inputs of the ingest commands and of VQ training, as random-access entries: an image folder (captions beside the images),
-image-caption JSONL (image paths or base64 bytes), a TFDS dataset, or ArrayRecord files of encoded images.
+"""Raw inputs of the ingest commands and of VQ training, as random-access entries: an image folder (captions beside
+the images), image-caption JSONL (image paths or base64 bytes), a TFDS dataset, or ArrayRecord files of encoded images.
 
 `entry(i)` returns (where, kind, parts): `where` names the input in errors and logs, `kind` is a document kind,
 `parts` are ("text", str) or ("image", encoded bytes | decoded array) in document order. Reading a bad input raises

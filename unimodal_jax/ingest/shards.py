@@ -4,8 +4,9 @@
 hidden temporary name and renamed when complete (on an object store: written locally, then uploaded to its final
 name, which appears only once complete), after its `.stats.json`; so a directory never holds a partial
 `*.array_record`; and `ingest_done.json` (the totals) is written last, without which training refuses the
-directory (`data/sources.shard_paths`): a run stopped by a bad input leaves no data set to train on. A rerun with the same plan skips finished shards and redoes the rest; a
-directory whose shards come from another plan, or has shards but no plan, is refused.
+directory (`data/sources.shard_paths`): a run stopped by a bad input leaves no data set to train on. A rerun with
+the same plan skips finished shards and redoes the rest; a directory whose shards come from another plan, or has
+shards but no plan, is refused.
 """
 import collections
 import json

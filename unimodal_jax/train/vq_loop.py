@@ -138,7 +138,8 @@ def init_state(config, key):
 
 
 def adaptive_weight(grad_rec, grad_gan, eps: float = 1e-4):
-  """taming's λ = ‖∇L_rec‖ / (‖∇L_GAN‖ + eps), clipped to [0, 1e4], from the gradients at the decoder's last layer."""
+  """taming's λ = ‖∇L_rec‖ / (‖∇L_GAN‖ + eps), clipped to [0, 1e4], from the gradients at the decoder's last
+  layer."""
   return jnp.clip(jnp.linalg.norm(grad_rec) / (jnp.linalg.norm(grad_gan) + eps), 0.0, 1e4)
 
 
