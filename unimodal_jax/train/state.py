@@ -14,6 +14,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from unimodal_jax.data.batch import PackedBatch
 from unimodal_jax.parallel import mesh as mesh_lib
 
 SCHEDULES = ("cosine", "wsd")
@@ -78,6 +79,13 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
       optax.clip_by_global_norm(optim.clip_norm),
       optax.adamw(make_schedule(optim, num_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                   weight_decay=optim.weight_decay, mask=mask))
+
+
+def dummy_batch(seq_len: int, rows: int = 1) -> PackedBatch:
+  """A batch of zeros (one segment per row): what the train and eval steps are compiled for."""
+  zeros = np.zeros((rows, seq_len), np.int32)
+  return PackedBatch(tokens=zeros, targets=zeros, segment_ids=zeros + 1, positions=zeros, modality=zeros,
+                     loss_weights=zeros.astype(np.float32))
 
 
 def dummy_inputs(seq_len: int, rows: int = 1) -> dict:
