@@ -122,7 +122,7 @@ def main():
   topo = topology_lib.parse(args.topology)
   chips, layers = topo.chips, 32
   batch = args.per_device_batch * chips
-  kernels = planner.kernel_flops_per_chip(our_config(batch), chips) * chips
+  kernels = planner.kernel_flops_per_chip(our_config(batch), topology_lib.tpu_devices(args.topology)) * chips
   print(f"{args.topology}: {chips} chips; llama2-7B, batch {batch} x 4096, remat full, FSDP {chips}, splash; "
         f"maxtext {getattr(maxtext, '__version__', '0.2.4')}; splash kernels (analytical, both): {kernels:.4e} "
         f"FLOPs/step\n", flush=True)

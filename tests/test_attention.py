@@ -14,6 +14,28 @@ from unimodal_jax.parallel import mesh as mesh_lib
 BATCH, SEQ, HEADS, KV_HEADS, HEAD_DIM = 4, 256, 4, 2, 128
 
 
+@pytest.mark.parametrize("requested, platform, dtype, head_dim, seq_len, expected", [
+    ("auto", "cpu", "bfloat16", 128, 4096, "xla"),
+    ("auto", "tpu", "bfloat16", 128, 4096, "splash"),
+    ("auto", "tpu", "float32", 64, 200, "xla"),  # splash tiles need seq_len % 128 == 0
+    ("auto", "gpu", "bfloat16", 128, 4096, "cudnn"),
+    ("auto", "gpu", "float32", 128, 4096, "xla"),  # cuDNN flash attention is half precision only
+    ("auto", "gpu", "bfloat16", 256, 4096, "xla"),
+    ("splash", "cpu", "float32", 64, 100, "splash"),  # explicit names stand (validation judges them)
+    ("xla", "tpu", "bfloat16", 128, 4096, "xla"),
+])
+def test_auto_resolves_per_backend(requested, platform, dtype, head_dim, seq_len, expected):
+  assert attention.resolve(requested, platform, dtype, head_dim, seq_len) == expected
+
+
+def test_auto_is_the_xla_path_on_this_cpu_backend():
+  q, k, v = qkv()
+  ids = packed_segment_ids()
+  assert default_config().model.attention == "auto" and jax.default_backend() == "cpu"
+  out = attention.attend(q, k, v, ids, "auto")
+  np.testing.assert_array_equal(out, attention.dot_product_attention(q, k, v, ids))
+
+
 def packed_segment_ids():
   """Rows of one document, two documents, a padded tail (segment 0) and eight short documents."""
   ids = np.ones((BATCH, SEQ), np.int32)

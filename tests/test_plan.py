@@ -10,7 +10,7 @@ import pytest
 
 from unimodal_jax.config import load_config_file
 from unimodal_jax.model import flops as flops_lib
-from unimodal_jax.plan import planner as plan, topology
+from unimodal_jax.plan import aot, planner as plan, topology
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHIPS = 8  # v5e-8: one host, 2x4 chips
@@ -29,6 +29,7 @@ def tpu_shaped_tiny(num_layers: int = 4):
   config.model.update(num_layers=num_layers, embed_dim=256, num_heads=4, num_kv_heads=2, head_dim=128, mlp_dim=512)
   config.data.seq_len = 128
   config.mesh.data, config.mesh.fsdp = 4, FSDP
+  config.model.attention = "xla"  # "auto" would pick splash on TPU; the FLOPs test counts XLA's score squares
   return config
 
 
@@ -95,6 +96,15 @@ def test_splash_attention_compiles_inside_the_train_step(devices):
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
   compiled = plan.compile_train_step(config, devices)
   assert "tpu_custom_call" in compiled.as_text()  # the Pallas kernel, not an XLA fallback
+
+
+def test_auto_attention_compiles_splash_for_tpu(devices):
+  config = tpu_shaped_tiny(num_layers=2)
+  config.model.attention = "auto"
+  assert plan.attention_for(config, devices) == "splash"
+  assert "tpu_custom_call" in aot.lower_train_step(config, devices).as_text()  # lowered for TPU: the kernel
+  config.data.seq_len = 96  # not a multiple of the 128-lane splash tile
+  assert plan.attention_for(config, devices) == "xla"
 
 
 def run_cli(*flags):

@@ -47,10 +47,11 @@ def planning_config(config):
 def describe(plan, config, topology) -> str:
   g, m = topology.generation, config.model
   data, fsdp, tensor = plan.mesh
+  attention = plan.attention + (" (model.attention=auto)" if m.attention == "auto" else "")
   lines = [f"{topology.name}: {topology.chips} chips, {gib(g.hbm_bytes)} usable HBM and {g.peak_bf16_flops / 1e12:.0f} "
            f"TFLOP/s bf16 peak each",
            f"mesh data={data} fsdp={fsdp} tensor={tensor}; batch {config.train.batch_size} x {config.data.seq_len} "
-           f"tokens; remat {m.remat_policy}; attention {m.attention}; dtype {m.dtype}; {m.num_layers} layers"]
+           f"tokens; remat {m.remat_policy}; attention {attention}; dtype {m.dtype}; {m.num_layers} layers"]
   if plan.memory is None:
     lines.append(f"HBM per chip: the compiler ran out: {plan.error}")
   else:
@@ -69,7 +70,7 @@ def describe(plan, config, topology) -> str:
     lines.append("FLOPs per step: not measured (--noflops, or even 1-2 rows per batch shard ran out of HBM)")
   else:
     total = plan.flops_per_chip * topology.chips
-    kernels = "; splash kernels counted analytically" if m.attention == "splash" else ""
+    kernels = "; splash kernels counted analytically" if plan.attention == "splash" else ""
     lines.append(f"FLOPs per step: {total:.3e} as compiled (XLA's count, scan-corrected, remat recompute "
                  f"included{kernels}), {model:.3e} model (3x forward, causal)")
     lines.append(f"step time at peak: >= {total / chips_peak:.3g} s as compiled; {model / chips_peak:.3g} s of model "

@@ -7,7 +7,7 @@ import math
 import jax
 
 from unimodal_jax import config as config_lib
-from unimodal_jax.model import flops as flops_lib
+from unimodal_jax.model import attention as attention_lib, flops as flops_lib
 from unimodal_jax.parallel import mesh as mesh_lib
 from unimodal_jax.plan import aot
 from unimodal_jax.train import validate as validate_lib
@@ -33,6 +33,7 @@ class Memory:
 @dataclasses.dataclass(frozen=True)
 class Plan:
   mesh: tuple[int, int, int]  # (data, fsdp, tensor)
+  attention: str  # the implementation compiled (model.attention, "auto" resolved for the devices)
   hbm_bytes: int  # usable per chip
   memory: Memory | None  # None: the compiler ran out of HBM (see `error`)
   error: str
@@ -96,10 +97,16 @@ def flops_per_chip(config, devices) -> float:
   at_rows = {rows: f[0, rows] + config.model.num_layers * (f[2, rows] - f[0, rows] - b) for rows in (1, 2)}
   rows = config.train.batch_size // (data * fsdp)
   xla = at_rows[1] + (rows - 1) * (at_rows[2] - at_rows[1])
-  return xla + kernel_flops_per_chip(config, len(devices))
+  return xla + kernel_flops_per_chip(config, devices)
 
 
-def kernel_flops_per_chip(config, num_devices: int) -> float:
+def attention_for(config, devices) -> str:
+  """The attention implementation the train step compiles for `devices`: model.attention, "auto" resolved."""
+  m = config.model
+  return attention_lib.resolve(m.attention, devices[0].platform, m.dtype, m.head_dim, config.data.seq_len)
+
+
+def kernel_flops_per_chip(config, devices) -> float:
   """FLOPs per chip of the Pallas attention kernels, which XLA's cost analysis cannot see into (0 for XLA).
 
   Splash computes the causal half of each score matrix. A forward is 2 matmuls (scores, weighted values);
@@ -107,12 +114,12 @@ def kernel_flops_per_chip(config, num_devices: int) -> float:
   dp, dq; dkv: scores, dv, dp, dk), i.e. 3.5 forwards; every remat policy recomputes the forward once more
   (a kernel output is not a saveable dot).
   """
-  if config.model.attention != "splash":
+  if attention_for(config, devices) != "splash":
     return 0.0
   m = config.model
   forwards = 1 + 3.5 + (m.remat_policy != "none")
   tokens = config.train.batch_size * config.data.seq_len
-  return forwards * m.num_layers * flops_lib.attention_flops(m, config.data.seq_len) * tokens / num_devices
+  return forwards * m.num_layers * flops_lib.attention_flops(m, config.data.seq_len) * tokens / len(devices)
 
 
 def model_flops(config) -> float:
@@ -126,7 +133,8 @@ def make_plan(config, devices, hbm_bytes: int, with_flops: bool = True) -> Plan:
   mesh = validate_lib.validate(config, len(devices))
   memory, error = _unless_out_of_memory(lambda: memory_per_chip(compile_train_step(config, devices)))
   flops = _unless_out_of_memory(lambda: flops_per_chip(config, devices))[0] if with_flops else None
-  return Plan(mesh=mesh, hbm_bytes=hbm_bytes, memory=memory, error=error, flops_per_chip=flops)
+  return Plan(mesh=mesh, attention=attention_for(config, devices), hbm_bytes=hbm_bytes, memory=memory, error=error,
+              flops_per_chip=flops)
 
 
 def _unless_out_of_memory(compile_fn):

@@ -15,13 +15,23 @@ class _PlaceIterator(grain.DatasetIterator):
 
   def __next__(self):
     batch = next(self._parent)
-    return self._place(batch), self._parent.bad_records
+    return self._place(batch), bad_records(self._parent)
 
   def get_state(self):
     return self._parent.get_state()
 
   def set_state(self, state):
     self._parent.set_state(state)
+
+
+def bad_records(iterator) -> int:
+  """The pipeline's running count of skipped records, found through the iterators wrapped around it (a user's
+  or a test's `.map` on top of `pipeline.make_dataset`); 0 for a pipeline that does not count them."""
+  while iterator is not None:
+    if hasattr(iterator, "bad_records"):
+      return iterator.bad_records
+    iterator = getattr(iterator, "_parent", None)
+  return 0
 
 
 class _Place(grain.IterDataset):
