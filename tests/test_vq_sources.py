@@ -1,6 +1,7 @@
 """VQGAN training on any image input (a folder here), and taming's adaptive discriminator weight checked against
 separately computed gradients."""
 import copy
+import functools
 
 import jax
 import numpy as np
@@ -58,17 +59,17 @@ def test_train_vq_on_a_folder_exports_a_tokenizer(folder, tmp_path):
 def test_adaptive_discriminator_weight_matches_taming_from_separate_gradients():
   config = load_config_file("configs/vq_tiny.py")
   config.vq_train.adaptive_disc_weight, config.vq_train.disc_weight = True, 0.8
-  state = vq_loop.init_state(config, jax.random.key(0))
+  state = jax.jit(functools.partial(vq_loop.init_state, config))(jax.random.key(0))  # as vq_loop.train does
   pixels = photos.PhotoCrops(32, seed=0).batch(0, 4)
   images = vqgan.from_pixels(pixels)
   parts = vq_loop.make_loss_parts(config)
   # the reference: each loss differentiated on its own, taming's formula applied to their last-layer gradients
-  g_nll = jax.grad(lambda p: parts(p, state["disc_params"], images, True)[0][0])(state["params"])
-  g_gan = jax.grad(lambda p: parts(p, state["disc_params"], images, True)[0][1])(state["params"])
+  g_nll = jax.jit(jax.grad(lambda p: parts(p, state["disc_params"], images, True)[0][0]))(state["params"])
+  g_gan = jax.jit(jax.grad(lambda p: parts(p, state["disc_params"], images, True)[0][1]))(state["params"])
   last = lambda g: np.asarray(g["decoder"]["conv_out"]["kernel"])  # noqa: E731
   lam = np.linalg.norm(last(g_nll)) / (np.linalg.norm(last(g_gan)) + 1e-4)
   assert 0 < lam < 1e4
-  (nll, adversarial), _ = parts(state["params"], state["disc_params"], images, True)
+  (nll, adversarial), _ = jax.jit(parts, static_argnums=3)(state["params"], state["disc_params"], images, True)
   new, metrics, _ = vq_loop.make_train_step(config)(copy.deepcopy(jax.device_get(state)), pixels, True)
   # float32 gradients of a random GAN, compiled in one step vs. eagerly apart, agree to ~1e-3 relative
   np.testing.assert_allclose(float(metrics["disc_weight"]), 0.8 * lam, rtol=5e-3)

@@ -8,11 +8,11 @@ directory, with classifier-free guidance (docs/sampling.md).
 Writes samples.txt (one sample per line), every complete image as image_<sample>_<k>.png (when the model has an
 image decoder), their grid as images.png, and the generated ids as tokens.npy; prints where.
 """
-import os
 import sys
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from unimodal_jax.cli import common
 from unimodal_jax.sample import constraints, decode, images as images_lib, load, periodic, text as text_lib
@@ -75,12 +75,12 @@ def main():
   samples = sampler.generate(m.params, prompts, options, seed=_SEED.value)
   rendered, _ = periodic.sample_rows(samples, m.vocab, m.codec, m.grid)
 
-  out = _OUT_DIR.value
-  os.makedirs(out, exist_ok=True)
-  np.save(os.path.join(out, "tokens.npy"), samples.tokens)
-  with open(os.path.join(out, "samples.txt"), "w") as f:
-    f.write("".join(f"[{p}] {t}\n" for p, t in zip(texts, rendered)))
-  print(f"wrote {len(texts)} samples to {os.path.join(out, 'samples.txt')} (ids in tokens.npy)")
+  out = epath.Path(_OUT_DIR.value)
+  out.mkdir(parents=True, exist_ok=True)
+  with (out / "tokens.npy").open("wb") as f:
+    np.save(f, samples.tokens)
+  (out / "samples.txt").write_text("".join(f"[{p}] {t}\n" for p, t in zip(texts, rendered)))
+  print(f"wrote {len(texts)} samples to {out / 'samples.txt'} (ids in tokens.npy)")
   images = [(i, k, codes) for i, row in enumerate(samples.continuations(m.vocab))
             for k, codes in enumerate(images_lib.images_in(row, m.vocab, m.grid))]
   if images and m.decode_images is None:
@@ -88,8 +88,8 @@ def main():
   elif images:
     pixels = m.decode_images(np.stack([codes for _, _, codes in images]))
     for (i, k, _), picture in zip(images, pixels):
-      images_lib.write_png(picture, os.path.join(out, f"image_{i}_{k}.png"))
-    grid = images_lib.write_png(images_lib.grid(pixels, columns=_NUM_SAMPLES.value), os.path.join(out, "images.png"))
+      images_lib.write_png(picture, out / f"image_{i}_{k}.png")
+    grid = images_lib.write_png(images_lib.grid(pixels, columns=_NUM_SAMPLES.value), out / "images.png")
     print(f"wrote {len(images)} images ({pixels.shape[1]}x{pixels.shape[2]}) as {out}/image_<sample>_<k>.png and "
           f"their grid {grid}")
 

@@ -2,7 +2,6 @@
 the vocabulary, the text codec, the image tokenizer's encoder and decoder (when there is one) and the code grid."""
 import dataclasses
 import json
-import os
 import tempfile
 from collections.abc import Callable
 
@@ -10,6 +9,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from unimodal_jax import config as config_lib
 from unimodal_jax.convert import hf_chameleon, hf_vq, tensors, vocab_map
@@ -38,8 +38,7 @@ class Model:
     """An image file as stream tokens (<boi> codes <eoi>): centre crop, resized to the tokenizer's resolution."""
     if self.encode_images is None:
       raise ValueError(f"--image {path}: this model has no image tokenizer to encode it with")
-    with open(path, "rb") as f:
-      pixels, _ = vq_images.prepare(f.read(), self.image_size, min_size=1, max_pixels=1 << 28)
+    pixels, _ = vq_images.prepare(epath.Path(path).read_bytes(), self.image_size, min_size=1, max_pixels=1 << 28)
     return self.vocab.image_tokens(np.asarray(self.encode_images(pixels[None]))[0])
 
 
@@ -61,21 +60,20 @@ def _place(params, model, mesh, rules):
 
 def latest_step_dir(workdir: str, step: int | None = None) -> str:
   root = checkpoint.checkpoint_dir(workdir)
-  steps = sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+  steps = sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else []
   if not steps:
     raise FileNotFoundError(f"{root} holds no checkpoint")
   if step is not None and step not in steps:
     raise FileNotFoundError(f"{root} has no step {step} (it has {steps})")
-  return os.path.join(root, str(steps[-1] if step is None else step))
+  return str(root / str(steps[-1] if step is None else step))
 
 
 def from_run(workdir: str, step: int | None = None, text_tokenizer: str = "") -> Model:
   """A run of unimodal-train: its config.json, a checkpoint's params (any mesh it was saved on), its tokenizers."""
-  config_file = os.path.join(workdir, "config.json")
-  if not os.path.exists(config_file):
+  config_file = epath.Path(workdir) / "config.json"
+  if not config_file.exists():
     raise FileNotFoundError(f"{workdir} is not a run directory (no config.json)")
-  with open(config_file) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
   step_dir = latest_step_dir(workdir, step)
   mesh, rules = sampling_mesh(config.mesh), mesh_lib.axis_rules(config)
   model = Transformer(config.model)
@@ -97,15 +95,15 @@ def from_hf(hf_dir: str, text_tokenizer: str = "", vq_tokenizer: str = "") -> Mo
   config.model.dtype = "float32"
   hf_config = tensors.read_config(hf_dir)
   hf_id_of, _ = vocab_map.permutation(vocab_map.layout_from_config(hf_config))
-  path = text_tokenizer or os.path.join(hf_dir, "tokenizer.json")
-  if not os.path.exists(path):
+  path = text_tokenizer or str(epath.Path(hf_dir) / "tokenizer.json")
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f"{hf_dir} has no tokenizer.json: give its text tokenizer (--text_tokenizer)")
   codec = text_lib.TextCodec.for_checkpoint(path, hf_id_of)
   vq = hf_config.get("vq_config") or {}
   image_size, down = vq.get("resolution", 512), 2 ** (len(vq.get("channel_multiplier", (1,) * 5)) - 1)
   encode = decode = None
   if not vq_tokenizer and hf_vq.has_decoder(hf_dir):
-    vq_tokenizer = os.path.join(tempfile.mkdtemp(prefix="vq_"), "tokenizer")
+    vq_tokenizer = str(epath.Path(tempfile.mkdtemp(prefix="vq_")) / "tokenizer")
     hf_vq.import_tokenizer(hf_dir, vq_tokenizer, vocab)
   if vq_tokenizer:
     image_size, down, num_codes = codes_lib.vqgan_dims(vq_tokenizer)
