@@ -9,6 +9,8 @@ import threading
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # its bucket probe waits 60 s on an emulator
 
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -20,7 +22,7 @@ from unimodal_jax.convert import checkpoint as convert_checkpoint  # noqa: E402
 from unimodal_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from unimodal_jax.data import inputs  # noqa: E402
 from unimodal_jax.ingest import build, encoders  # noqa: E402
-from unimodal_jax.train import loop, metrics as metrics_lib  # noqa: E402
+from unimodal_jax.train import checkpoint, loop, metrics as metrics_lib  # noqa: E402
 from unimodal_jax.vq import weights as vq_weights  # noqa: E402
 
 BUCKET = "gs://unimodal-test"
@@ -109,3 +111,20 @@ def test_tokenize_train_and_resume_in_a_bucket_end_where_a_local_run_ends(gcs, t
   local = metrics_lib.read_metrics(f"{local_run}/{metrics_lib.METRICS_FILE}")
   assert [r["loss"] for r in rows] == [r["loss"] for r in local]  # every step, the resumed ones too, exactly
   assert_bitwise_equal(final_params(run), final_params(local_run))
+
+
+def test_an_unreadable_checkpoint_in_a_bucket_is_moved_aside_and_the_previous_one_restored(gcs):
+  run = f"{BUCKET}/unreadable"
+  manager = checkpoint.make_manager(run, ml_collections.ConfigDict({"keep_checkpoints": 3}))
+  config = ml_collections.ConfigDict({"seed": 0})
+  for step in (1, 2):
+    checkpoint.save(manager, step, {"w": jnp.full((8,), step, jnp.float32)}, config, every=1)
+  manager.wait_until_finished()
+  for path in gcs.glob(f"{run}/checkpoints/2/state/**/d/*"):  # garbage over the array data
+    gcs.pipe(path, np.random.default_rng(0).bytes(len(gcs.cat(path))))
+  restored = checkpoint.restore_latest(manager, {"w": jnp.zeros((8,), jnp.float32)})
+  np.testing.assert_array_equal(restored["w"], np.ones(8))
+  assert manager.all_steps() == [1] and not gcs.exists(f"{run}/checkpoints/2")
+  [reason] = gcs.glob(f"{run}/{checkpoint.UNREADABLE_DIR}/2-*/REASON.txt")
+  assert gcs.cat(reason).decode().startswith(f"checkpoint step 2 could not be restored and was moved here from {run}")
+  assert gcs.glob(f"{run}/{checkpoint.UNREADABLE_DIR}/2-*/state/*")  # the data itself is kept for inspection
