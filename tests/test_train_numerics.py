@@ -113,6 +113,7 @@ def test_a_resume_with_a_longer_cosine_run_is_flagged_and_a_longer_wsd_stable_ph
   c.train.num_steps = 10
   assert state_lib.same_learning_rates(previous, c, 5)  # resumed before the old decay took effect: the longer run
   assert not state_lib.same_learning_rates(previous, c, 6)
+  assert state_lib.same_learning_rates({"train": {}}, c, 6)  # a config.json without these keys: nothing to compare
 
 
 def test_weight_decay_mask_excludes_the_configured_parameter_classes():
