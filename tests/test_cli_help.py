@@ -47,3 +47,22 @@ def test_a_stray_argument_is_a_usage_error_naming_the_command():
   out = run(console_scripts()["unimodal-train"], "extra", "--config=configs/tiny.py", "--workdir=/tmp/x")
   assert out.returncode == 2
   assert "cmd: unexpected arguments: ['extra']" in out.stderr and "cmd --help" in out.stderr
+
+
+def test_the_ingest_commands_import_into_one_process_and_each_lists_the_shared_flags():
+  """unimodal-tokenize and unimodal-make-shards share --text_tokenizer, --jsonl, --out_dir, --prefix and
+  --on_bad_record (cli/ingest_flags.py): a tool importing both must not meet absl's DuplicateFlagError."""
+  code = "import unimodal_jax.cli.tokenize, unimodal_jax.cli.make_shards"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0, out.stderr[-2000:]
+  for name in ("unimodal-tokenize", "unimodal-make-shards"):
+    help_text = run(console_scripts()[name], "--help").stdout
+    for flag in ("text_tokenizer", "jsonl", "out_dir", "prefix", "on_bad_record"):
+      assert f"\n  --{flag}: " in help_text, (name, flag)
+
+
+def test_python_m_help_lists_the_distributed_flags_too():
+  out = subprocess.run([sys.executable, "-m", "unimodal_jax.cli.tokenize", "--help"], capture_output=True, text=True,
+                       timeout=120, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 0 and "\n  --distributed: " in out.stdout and "\n  --text_tokenizer: " in out.stdout

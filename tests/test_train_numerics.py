@@ -99,6 +99,23 @@ def test_wsd_schedule_is_warmup_then_constant_then_decay():
                                 [float(state_lib.make_schedule(o, 200)(s)) for s in range(80)])
 
 
+def test_a_resume_with_a_longer_cosine_run_is_flagged_and_a_longer_wsd_stable_phase_is_not():
+  """The test_gcs lesson: a run of 4 steps resumed with train.num_steps=6 is not the 6-step run (cosine stretches)."""
+  import json
+  c = load_config("tiny")
+  c.optim.warmup_steps, c.train.num_steps = 2, 4
+  previous = json.loads(c.to_json_best_effort())
+  c.train.num_steps = 6
+  assert state_lib.same_learning_rates(previous, c, 3)  # steps 0-2: warmup and the cosine's peak, the same in both
+  assert not state_lib.same_learning_rates(previous, c, 4)  # step 3 was taken at the 4-step run's lower rate
+  c.optim.schedule, c.optim.decay_steps, c.train.num_steps = "wsd", 2, 6  # decays at steps 4 (t=0) and 5
+  previous = json.loads(c.to_json_best_effort())
+  c.train.num_steps = 10
+  assert state_lib.same_learning_rates(previous, c, 5)  # resumed before the old decay took effect: the longer run
+  assert not state_lib.same_learning_rates(previous, c, 6)
+  assert state_lib.same_learning_rates({"train": {}}, c, 6)  # a config.json without these keys: nothing to compare
+
+
 def test_weight_decay_mask_excludes_the_configured_parameter_classes():
   c = load_config("tiny")
   c.model.qkv_bias = True

@@ -12,9 +12,10 @@ HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-?")
 
 
 def command_help(module) -> str:
-  """The command's docstring and its own flags with their help text (not JAX's or absl's)."""
+  """The command's docstring and its own flags (those it defines or adopts) with their help text (not JAX's or
+  absl's)."""
   # run as `python -m`, absl files the module's flags under sys.argv[0]
-  own = flags.FLAGS.get_flags_for_module(module.__name__) or flags.FLAGS.get_flags_for_module(sys.argv[0])
+  own = flags.FLAGS.get_key_flags_for_module(module.__name__) or flags.FLAGS.get_key_flags_for_module(sys.argv[0])
   lines = [(module.__doc__ or "").strip(), "", "flags:"]
   for flag in sorted(own, key=lambda f: f.name):
     default = "" if flag.default is None else f" (default: {flag.default_as_str})"
@@ -79,7 +80,7 @@ class Distributed(NamedTuple):
 
 def define_distributed_flags(module_name: str) -> Distributed:
   """Defines --distributed and its companions as flags of the command `module_name` (so its --help lists them)."""
-  own = {"module_name": module_name}
+  own = {"module_name": sys.argv[0] if module_name == "__main__" else module_name}  # absl's name for `python -m`'s
   return Distributed(
       flags.DEFINE_enum("distributed", "off", ["off", "auto", "explicit"],
                         "off: one process; auto: jax.distributed.initialize() discovers the cluster (TPU VMs, SLURM); "

@@ -14,34 +14,30 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from unimodal_jax.cli import common
+from unimodal_jax.cli import common, ingest_flags
+from unimodal_jax.cli.ingest_flags import JSONL, ON_BAD_RECORD, OUT_DIR, PREFIX, TEXT_TOKENIZER
 from unimodal_jax.data import inputs
 from unimodal_jax.ingest import build, encoders
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/*.py: vocab, vq and data settings of the run.")
-_TEXT_TOKENIZER = flags.DEFINE_string("text_tokenizer", None, "Saved text tokenizer (tokenizer.json or its folder).")
-_JSONL = flags.DEFINE_string("jsonl", None, "JSONL file of documents.")
 _IMAGE_FOLDER = flags.DEFINE_string("image_folder", None, "Folder of images, each with a .txt caption beside it.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write the shards (local or gs://).")
 _NUM_SHARDS = flags.DEFINE_integer("num_shards", 4, "Number of ArrayRecord files (at most: consecutive inputs, "
                                     "equally many per file).")
-_PREFIX = flags.DEFINE_string("prefix", "train", "Shard file name prefix.")
-_ON_BAD = flags.DEFINE_enum("on_bad_record", "raise", ["raise", "skip"], "raise: stop naming the input; skip: log "
-                            "it, count it in the summary and go on.")
+flags.adopt_module_key_flags(ingest_flags)
 
 
 def main():
-  if (_JSONL.value is None) == (_IMAGE_FOLDER.value is None):
+  if (JSONL.value is None) == (_IMAGE_FOLDER.value is None):
     raise app.UsageError("give exactly one of --jsonl and --image_folder")
-  source = inputs.from_flags(images=_IMAGE_FOLDER.value, jsonl=_JSONL.value)
-  tok, plan = encoders.from_config(_CONFIG.value, _TEXT_TOKENIZER.value, min_size=1)
+  source = inputs.from_flags(images=_IMAGE_FOLDER.value, jsonl=JSONL.value)
+  tok, plan = encoders.from_config(_CONFIG.value, TEXT_TOKENIZER.value, min_size=1)
   try:
-    totals = build.write_documents(source, _OUT_DIR.value, tok, plan={"source": type(source).__name__, **plan},
-                                   shard_size=max(1, -(-len(source) // _NUM_SHARDS.value)), prefix=_PREFIX.value,
-                                   on_bad_record=_ON_BAD.value)
+    totals = build.write_documents(source, OUT_DIR.value, tok, plan={"source": type(source).__name__, **plan},
+                                   shard_size=max(1, -(-len(source) // _NUM_SHARDS.value)), prefix=PREFIX.value,
+                                   on_bad_record=ON_BAD_RECORD.value)
   except ValueError as e:  # a bad input (--on_bad_record=raise) or an --out_dir of another run: one line, no trace
     sys.exit(f"unimodal-make-shards: {e}")
-  print(f"wrote {totals['shards']} shards to {_OUT_DIR.value}: {totals['documents']} documents from "
+  print(f"wrote {totals['shards']} shards to {OUT_DIR.value}: {totals['documents']} documents from "
         f"{totals['inputs']} inputs; skipped {totals['skipped'] or 'none'}")
 
 

@@ -2,12 +2,13 @@
 checkpoint step that `train.checkpoint.restore_params` reads. Optimizer state is never read or written.
 """
 from collections.abc import Mapping
-import os
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import type_handlers
+
+from unimodal_jax.train.checkpoint import absolute
 
 
 def _nest(keys, value):
@@ -53,8 +54,8 @@ class CheckpointParams(Mapping):
 
 def read_params(step_dir: str) -> CheckpointParams:
   """The params of the TrainState saved in `<workdir>/checkpoints/<step>` (its `state/` item), read lazily."""
-  state_dir = os.path.join(os.path.abspath(step_dir), "state")
-  if not os.path.isdir(state_dir):
+  state_dir = absolute(step_dir) / "state"  # local or gs://...
+  if not state_dir.is_dir():
     raise FileNotFoundError(f"{step_dir} is not a checkpoint step directory (no state/ inside)")
   tree = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata.tree
   if "params" not in tree:
@@ -70,11 +71,11 @@ def load_all(params: Mapping) -> dict:
 def write_params(params, step_dir: str) -> str:
   """Save `params` as `<step_dir>/state` = {"params": params}, the layout of a run's checkpoint step without
   its step count, optimizer state or data iterator. Returns the state directory."""
-  state_dir = os.path.join(os.path.abspath(step_dir), "state")
+  state_dir = absolute(step_dir) / "state"
   # One model copy in memory: no defensive copy of numpy leaves, and no compression, whose buffers orbax holds
   # until the whole tree is written (float weights compress by under 10% anyway).
   registry = type_handlers.create_type_handler_registry(
       (np.ndarray, type_handlers.NumpyHandler(deepcopy_host_arrays=False)), (jax.Array, type_handlers.ArrayHandler()))
   checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False))
   checkpointer.save(state_dir, args=ocp.args.PyTreeSave({"params": params}))
-  return state_dir
+  return str(state_dir)

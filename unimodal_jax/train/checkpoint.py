@@ -64,20 +64,23 @@ def _restore(manager: ocp.CheckpointManager, step: int, state, data_iterator):
   return manager.restore(step, args=ocp.args.Composite(**items)).state
 
 
-UNREADABLE_DIR = "unreadable_checkpoints"  # beside checkpoints/: steps that failed to restore, kept for inspection
+UNREADABLE_DIR = "unreadable_checkpoints"  # beside checkpoints/: steps that failed to restore (and a README.txt)
 
 
-def move_aside(manager: ocp.CheckpointManager, step: int, reason: str) -> str:
+def move_aside(manager: ocp.CheckpointManager, step: int, reason: str) -> epath.Path:
   """Rename an unreadable step out of the manager's directory (never delete it), with the reason beside it, so the
   run can save that step again. Process 0 moves; every process then sees the manager without it."""
-  source = os.path.join(str(manager.directory), str(step))
-  target = os.path.join(os.path.dirname(str(manager.directory)), UNREADABLE_DIR,
-                        f"{step}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+  directory = epath.Path(manager.directory)  # local or gs://...
+  source = directory / str(step)
+  target = directory.parent / UNREADABLE_DIR / f"{step}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.rename(source, target)
-    with open(os.path.join(target, "REASON.txt"), "w") as f:
-      f.write(f"checkpoint step {step} could not be restored and was moved here from {source}:\n{reason}\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    readme = target.parent / "README.txt"  # also makes the folder exist on an object store, as rename requires
+    if not readme.exists():
+      readme.write_text(f"Checkpoint steps of {directory} that failed to restore, moved here for inspection.\n")
+    source.rename(target)  # on an object store: a copy of each object, then a delete
+    (target / "REASON.txt").write_text(
+        f"checkpoint step {step} could not be restored and was moved here from {source}:\n{reason}\n")
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"unreadable checkpoint {step} moved aside")

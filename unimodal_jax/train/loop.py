@@ -3,10 +3,12 @@
 Reads top to bottom; every piece it calls lives in data/, model/, parallel/ or train/.
 """
 import functools
+import json
 import time
 
 import jax
 import numpy as np
+from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -135,8 +137,10 @@ def train(config, workdir: str, on_step=None) -> dict:
   """
   validate_lib.validate(config, jax.device_count(), jax.process_count())
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # local or gs://...
+  config_path, previous_config = epath.Path(workdir) / "config.json", None
   if jax.process_index() == 0:
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    previous_config = json.loads(config_path.read_text()) if config_path.exists() else None
+    config_path.write_text(config.to_json_best_effort(indent=2))
 
   vocab = from_config(config)
   train_paths, eval_paths = data_paths(config, workdir)
@@ -161,6 +165,10 @@ def train(config, workdir: str, on_step=None) -> dict:
     eval_batches = [mesh_lib.global_batch(b, mesh) for b in evaluate.held_out_batches(config, eval_paths, **shares)]
 
   start = int(jax.device_get(state.step))
+  if previous_config is not None and not state_lib.same_learning_rates(previous_config, config, start):
+    logging.warning("resuming at step %d with a learning rate schedule (train.num_steps, optim.*) other than the one "
+                    "steps 0-%d were taken with: the result will match neither config trained without interruption",
+                    start, start - 1)
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
   preemption = preemption_lib.PreemptionWatch()
   peak_tflops = progress.peak_tflops_per_device(config, jax.devices()[0].device_kind)

@@ -10,6 +10,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -53,6 +54,18 @@ def make_schedule(optim, num_steps: int):
     after_warmup = peak + (end - peak) * fraction
     return jnp.where(step < optim.warmup_steps, warmup(step), after_warmup)
   return wsd
+
+
+def same_learning_rates(previous: dict, config, steps: int) -> bool:
+  """Whether the run whose config was `previous` (its config.json) took its first `steps` steps at the learning rates
+  `config` gives them. Only then does resuming it with `config` continue an uninterrupted run of `config` exactly: a
+  larger train.num_steps stretches the cosine schedule under steps already taken (a WSD stable phase does not move)."""
+  # A key the previous config lacks (written by an older version) counts as unchanged.
+  old_optim = ml_collections.ConfigDict({**config.optim.to_dict(), **previous.get("optim", {})})
+  old_num_steps = previous.get("train", {}).get("num_steps", config.train.num_steps)
+  steps_taken = np.arange(steps)
+  return np.array_equal(np.asarray(make_schedule(old_optim, old_num_steps)(steps_taken)),
+                        np.asarray(make_schedule(config.optim, config.train.num_steps)(steps_taken)))
 
 
 def parameter_class(path) -> str:

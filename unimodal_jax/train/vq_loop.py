@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from unimodal_jax.config import ConfigError
@@ -69,7 +70,8 @@ def validate(config) -> None:
     raise ConfigError("config.vq_train.perceptual_weight > 0 needs config.vq_train.perceptual_weights: a VGG16 "
                       "(+ LPIPS heads) weights file; none is downloaded")
   if t.perceptual_weights and not os.path.exists(t.perceptual_weights):
-    raise ConfigError(f"config.vq_train.perceptual_weights: no file at {t.perceptual_weights}")
+    raise ConfigError(f"config.vq_train.perceptual_weights: no file at {t.perceptual_weights} (read from local disk: "
+                      "copy a gs:// file down first)")
   if t.l1_weight <= 0 and t.l2_weight <= 0:
     raise ConfigError("config.vq_train: l1_weight or l2_weight must be > 0 (a reconstruction loss)")
   if t.source not in SOURCES:
@@ -264,7 +266,7 @@ def evaluate(reconstruct, params, pixels: np.ndarray) -> dict:
           "eval/codebook_usage_pct": 100.0 * np.mean(counts > 0)}
 
 
-def save_figure(originals: np.ndarray, reconstructions: np.ndarray, path: str, columns: int = 8) -> None:
+def save_figure(originals: np.ndarray, reconstructions: np.ndarray, path, columns: int = 8) -> None:
   """A PNG of originals (odd rows) above their reconstructions (even rows), `columns` images per row."""
   n, size = len(originals), originals.shape[1]
   rows = -(-n // columns)
@@ -275,7 +277,8 @@ def save_figure(originals: np.ndarray, reconstructions: np.ndarray, path: str, c
       top, left = (2 * r + k) * (size + 2), c * (size + 2)
       canvas[top:top + size, left:left + size] = image
   from PIL import Image
-  Image.fromarray(canvas).save(path)
+  with epath.Path(path).open("wb") as f:
+    Image.fromarray(canvas).save(f, format="PNG")
 
 
 def training_images(config):
@@ -295,10 +298,10 @@ def train(config, workdir: str) -> dict:
   """
   validate(config)
   m, t = config.vqgan, config.vq_train
-  os.makedirs(workdir, exist_ok=True)
+  run = epath.Path(workdir)  # local or gs://...
+  run.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=1))
+    (run / "config.json").write_text(config.to_json_best_effort(indent=1))
   mesh = mesh_lib.create_mesh(config.mesh)
   data_size = mesh.shape["data"] * mesh.shape["fsdp"]
   if t.batch_size % data_size:
@@ -345,9 +348,8 @@ def train(config, workdir: str) -> dict:
   writer.close()
   params = jax.device_get(state["params"])
   if jax.process_index() == 0:
-    vq_weights.save_tokenizer(params, m, os.path.join(workdir, TOKENIZER_DIR))
+    vq_weights.save_tokenizer(params, m, str(run / TOKENIZER_DIR))
     recon = np.asarray(reconstruct(params, eval_pixels)[0])
-    save_figure(eval_pixels, recon, os.path.join(workdir, "reconstructions.png"))
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(final, f, indent=1)
+    save_figure(eval_pixels, recon, run / "reconstructions.png")
+    (run / "eval.json").write_text(json.dumps(final, indent=1))
   return final

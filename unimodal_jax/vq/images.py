@@ -1,17 +1,14 @@
-"""Image sources for the tokenizer (a folder, a TFDS data source, ArrayRecord of encoded images) and the one
-decoding step that turns any input into uint8 RGB at the tokenizer's resolution, or a reason to skip it.
+"""The one decoding step that turns any image input (data/inputs.py reads them) into uint8 RGB at the tokenizer's
+resolution, or a reason to skip it.
 
 Nothing here knows about codes or shards.
 """
-import glob
 import io
-import os
 import warnings
 
 import numpy as np
 from PIL import Image
 
-from unimodal_jax import extras
 
 SKIP_REASONS = ("not_an_image", "corrupt", "tiny", "huge")
 
@@ -22,72 +19,6 @@ class Skip(Exception):
   def __init__(self, reason: str, detail: str):
     super().__init__(f"{reason}: {detail}")
     self.reason = reason
-
-
-class FolderSource:
-  """Every regular file under `root` (recursively, sorted by relative path; hidden files excluded)."""
-
-  def __init__(self, root: str):
-    if not os.path.isdir(root):
-      raise FileNotFoundError(f"--images: {root} is not a directory")
-    paths = [p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if os.path.isfile(p)]
-    self.paths = sorted(p for p in paths if not os.path.basename(p).startswith("."))
-
-  def __len__(self):
-    return len(self.paths)
-
-  def name(self, i: int) -> str:
-    return self.paths[i]
-
-  def load(self, i: int):
-    with open(self.paths[i], "rb") as f:
-      return f.read()
-
-
-class ArrayRecordSource:
-  """Records that are encoded image files (PNG, JPEG, ...), over the files matching a glob, in sorted order."""
-
-  def __init__(self, pattern: str):
-    import grain
-    self.paths = sorted(glob.glob(pattern))
-    if not self.paths:
-      raise FileNotFoundError(f"--array_record: no files match {pattern}")
-    self.source = grain.sources.ArrayRecordDataSource(self.paths)
-
-  def __len__(self):
-    return len(self.source)
-
-  def name(self, i: int) -> str:
-    return f"{os.path.dirname(self.paths[0])}/record {i}"
-
-  def load(self, i: int):
-    return self.source[i]
-
-
-class TfdsSource:
-  """`tfds.data_source(name, split)`, or a prepared dataset's directory (`builder_from_directory`); the
-  `image_key` feature is encoded bytes or a uint8 array. No TensorFlow needed for array_record datasets."""
-
-  def __init__(self, name: str, split: str, data_dir: str | None, image_key: str):
-    tfds = extras.require("tensorflow_datasets", "a TFDS image source")
-    self.label = f"{name}:{split}"
-    if os.path.isdir(name):
-      self.source = tfds.builder_from_directory(name).as_data_source(split=split)
-    else:
-      self.source = tfds.data_source(name, split=split, data_dir=data_dir or None)
-    self.image_key = image_key
-
-  def __len__(self):
-    return len(self.source)
-
-  def name(self, i: int) -> str:
-    return f"{self.label}[{i}]"
-
-  def load(self, i: int):
-    example = self.source[i]
-    if self.image_key not in example:
-      raise KeyError(f"--image_key={self.image_key!r} is not a feature of {self.label}: {sorted(example)}")
-    return example[self.image_key]
 
 
 def _array_image(array: np.ndarray) -> Image.Image:
