@@ -54,13 +54,20 @@ def ours_generate(sampler, params, prompts, new_tokens, repeats):
 
 
 def ours_step_at(model, params, vocab, batch, max_len, position, repeats):
-  """One cached decode step (a jitted model call) writing slot `position` of a max_len cache."""
-  step = jax.jit(lambda p, c, t, pos: model.apply({"params": p}, t, pos, jax.numpy.ones_like(t),
-                                                  vocab.modality(t), cache=c))
+  """One cached decode step (a jitted model call) writing slot `position` of a max_len cache. The cache is donated and
+  carried from call to call, as the decode loop carries it (each call rewrites the same slot)."""
+  step = jax.jit(lambda p, c, t, pos: model.apply({"params": p}, t, pos, jax.numpy.ones_like(t), vocab.modality(t),
+                                                  cache=c.replace(index=jax.numpy.int32(position))),
+                 donate_argnums=1)
   cache = kv_cache.init(model.config, batch, max_len)
-  cache = cache.replace(segment_ids=cache.segment_ids.at[:, :position].set(1), index=jax.numpy.int32(position))
-  tokens = np.full((batch, 1), 5, np.int32)
-  return best_of(lambda: step(params, cache, tokens, np.full((batch, 1), position, np.int32)), repeats)
+  cache = jax.tree.map(lambda x: x.copy(), cache)  # k and v may share one zeros buffer; donation needs two
+  carried = [cache.replace(segment_ids=cache.segment_ids.at[:, :position].set(1))]
+  tokens, positions = np.full((batch, 1), 5, np.int32), np.full((batch, 1), position, np.int32)
+
+  def call():
+    logits, carried[0] = step(params, carried[0], tokens, positions)
+    return logits
+  return best_of(call, repeats)
 
 
 def uncached_step_at(model, params, vocab, batch, length, repeats):

@@ -38,6 +38,14 @@ def constrain(cache: KVCache) -> KVCache:
                  index=cache.index)
 
 
+def write_layer(buffer, new, layer, index):
+  """`new` [b, s, kv_heads, head_dim] written into the stacked `buffer` [layers, b, max_len, kv_heads, head_dim] at
+  layer `layer`, slots index..index+s-1: an in-place update of s slots, where a scanned (sliced and re-stacked)
+  cache would copy all of it at every step."""
+  zero = jnp.zeros((), jnp.int32)
+  return jax.lax.dynamic_update_slice(buffer, new[None].astype(buffer.dtype), (layer, zero, index, zero, zero))
+
+
 def write(buffer, new, index):
   """`new` [b, s, ...] written into `buffer` [b, max_len, ...] at slots index..index+s-1."""
   return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), index, axis=1)

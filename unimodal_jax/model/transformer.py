@@ -129,14 +129,15 @@ class HeadNorm(nn.Module):
 
 
 class Attention(nn.Module):
-  """GQA self-attention with RoPE and optional QK-norm. With a layer's cache `kv` = (k, v) [b, max_len, kv_heads,
-  head_dim], these tokens' keys and values are written at slot `cache_index` and the queries attend over every
-  slot whose segment (`kv_segment_ids`) is theirs; returns the output and the updated (k, v)."""
+  """GQA self-attention with RoPE and optional QK-norm. With the stacked cache `kv` = (k, v) [layers, b, max_len,
+  kv_heads, head_dim], these tokens' keys and values are written at layer `layer`, slot `cache_index`, and the queries
+  attend over every slot of that layer whose segment (`kv_segment_ids`) is theirs; returns the output and the updated
+  (k, v)."""
 
   config: Any
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, routing, kv_segment_ids=None, cache_index=None, kv=None):
+  def __call__(self, x, positions, segment_ids, routing, kv_segment_ids=None, cache_index=None, kv=None, layer=None):
     c = self.config
     n = dense.copies(c, "attention")
     heads = {"q": (c.num_heads, "heads"), "k": (c.num_kv_heads, "kv_heads"), "v": (c.num_kv_heads, "kv_heads")}
@@ -156,10 +157,11 @@ class Attention(nn.Module):
               for y in (k, v))
       out = attention.attend(q, k, v, segment_ids, c.attention)
     else:
-      k, v = (nn.with_logical_constraint(kv_cache.write(buffer, new, cache_index), kv_cache.KV_AXES[1:])
-              for buffer, new in zip(kv, (k, v)))
+      kv = tuple(nn.with_logical_constraint(kv_cache.write_layer(buffer, new, layer, cache_index), kv_cache.KV_AXES)
+                 for buffer, new in zip(kv, (k, v)))
+      k, v = (nn.with_logical_constraint(jax.lax.dynamic_index_in_dim(buffer, layer, keepdims=False),
+                                         kv_cache.KV_AXES[1:]) for buffer in kv)
       out = attention.attend_cached(q, k, v, segment_ids, kv_segment_ids, cache_index, c.attention)
-      kv = (k, v)
     o = dense.ExpertDense((("o_kernel", (c.embed_dim,), ("embed",)),), in_axes=("heads", "head_dim"),
                           parallel=("in", "activation_heads"), copies=n)
     return o(out, routing)[0], kv
@@ -185,14 +187,16 @@ class MLP(nn.Module):
 class Block(nn.Module):
   """One decoder layer. 'pre': h = x + attn(norm(x)); 'swin': h = x + norm(attn(x)) (Chameleon-34B).
 
-  Scanned over layers: x is the carry, `kv` (this layer's cache, or None) the scanned input and output.
+  Scanned over layers: the carry is x and the whole stacked cache `kv` (or None), which each layer updates in place
+  at its own index `layer` (the scanned input).
   """
 
   config: Any
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x, positions, segment_ids, routing, kv_segment_ids, cache_index, kv):
+  def __call__(self, carry, positions, segment_ids, routing, kv_segment_ids, cache_index, layer):
+    x, kv = carry
     c = self.config
     dtype = jnp.dtype(c.dtype)
     drop = nn.Dropout(c.dropout_rate, deterministic=self.deterministic)
@@ -200,7 +204,7 @@ class Block(nn.Module):
     attn_norm = RMSNorm(c.norm_eps, dtype, n_norm, name="attn_norm")
     mlp_norm = RMSNorm(c.norm_eps, dtype, n_norm, name="mlp_norm")
     attn, mlp = Attention(c, name="attn"), MLP(c, name="mlp")
-    attend = lambda y: attn(y, positions, segment_ids, routing, kv_segment_ids, cache_index, kv)  # noqa: E731
+    attend = lambda y: attn(y, positions, segment_ids, routing, kv_segment_ids, cache_index, kv, layer)  # noqa: E731
     if c.norm_order == "pre":
       a, kv = attend(attn_norm(x, routing))
       h = x + drop(a)
@@ -210,7 +214,7 @@ class Block(nn.Module):
       h = x + drop(attn_norm(a, routing))
       out = h + drop(mlp_norm(mlp(h, routing), routing))
     out = nn.with_logical_constraint(out, ("activation_batch", "activation_length", "activation_embed"))
-    return out, kv
+    return (out, kv), None
 
 
 def batch_inputs(batch: PackedBatch) -> dict:
@@ -253,12 +257,12 @@ class Transformer(nn.Module):
                      in_axes=(nn.broadcast,) * 5 + (0,), length=c.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})
     routing = experts.route(modality, c.num_experts, c.mot_impl) if c.num_experts > 1 else None
-    kv_segment_ids = cache_index = kv = None
+    kv_segment_ids = cache_index = kv = layer_ids = None
     if cache is not None:
       kv_segment_ids = kv_cache.write(cache.segment_ids, segment_ids, cache.index)
-      cache_index, kv = cache.index, (cache.k, cache.v)
-    x, kv = layers(c, deterministic, name="layers")(x, positions, segment_ids, routing, kv_segment_ids, cache_index,
-                                                    kv)
+      cache_index, kv, layer_ids = cache.index, (cache.k, cache.v), jnp.arange(c.num_layers, dtype=jnp.int32)
+    (x, kv), _ = layers(c, deterministic, name="layers")((x, kv), positions, segment_ids, routing, kv_segment_ids,
+                                                         cache_index, layer_ids)
     if logits_at is not None:
       x = jnp.take_along_axis(x, logits_at[:, None, None], axis=1)
       routing = None if routing is None else routing.replace(
