@@ -62,10 +62,11 @@ def test_tpu_vm_dry_run_creates_sets_up_and_trains_one_slice_per_run(pod_spec, c
   spec, train = pod_spec
   lines = dry_run(capsys, "--spec", spec, "--sweep_dir", "gs://b/sw", "--backend", "tpu_vm", "--name", "sw",
                   "--package", "unimodal_jax[tpu]", *POD)
-  assert len(lines) == 2 * 5 + 1 and lines[5] == "# dense_s0_r0.25: waits for gs://b/sw/runs/dense_s0_r0.5/checkpoints/4"
+  assert len(lines) == 2 * 5 + 1
+  assert lines[5] == "# dense_s0_r0.25: waits for gs://b/sw/runs/dense_s0_r0.5/checkpoints/4"
   for block, (run, node) in zip((lines[:5], lines[6:]), (("dense_s0_r0.5", "sw-dense-s0-r0-5"),
                                                          ("dense_s0_r0.25", "sw-dense-s0-r0-25"))):
-    where = f"--project=my-proj --zone=us-east5-a"
+    where = "--project=my-proj --zone=us-east5-a"
     assert block[0] == (f"gcloud compute tpus queued-resources create {node} {where} --accelerator-type=v5p-8 "
                         f"--runtime-version=v2-alpha-tpuv5 --node-id={node}")
     assert block[2] == f"gcloud compute tpus tpu-vm scp --recurse configs {node}: {where} --worker=all"

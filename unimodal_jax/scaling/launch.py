@@ -1,5 +1,6 @@
-"""Run a planned sweep: each run's state from its workdir (local or gs://, through etils.epath), and a scheduler that starts runs whose checkpoints they
-branch from exist, a few at a time, through a backend (a function from unimodal-train's arguments to a command).
+"""Run a planned sweep: each run's state from its workdir (local or gs://, through etils.epath), and a scheduler that
+starts runs whose checkpoints they branch from exist, a few at a time, through a backend (a function from
+unimodal-train's arguments to a command).
 
 Idempotent: a run whose last checkpoint is its final step is done and skipped; an interrupted one is started again
 and unimodal-train resumes it from its workdir; a failing one is retried `retries` times, then reported.
