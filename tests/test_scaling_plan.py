@@ -115,3 +115,23 @@ def test_bad_specs_name_the_key():
   spec.overrides = ("optim.learning_rate=fast",)
   with pytest.raises(ConfigError, match="config.optim.learning_rate: expected float, got 'fast'"):
     plan.plan(spec)
+
+
+def test_non_dividing_budgets_snap_branch_points_to_a_grid_and_keep_few_checkpoints():
+  spec = plan.load_spec(TINY_SPEC)
+  spec.sizes = (3,)
+  spec.budgets = (0.21, 0.29, 0.37, 0.43, 1.0)  # branch points with a gcd of 2 before snapping
+  runs = plan.plan(spec)
+  stable, branches = runs[0], runs[1:]
+  every = int(dict(o.split("=") for o in stable.overrides)["train.checkpoint_every"])
+  assert f"train.keep_period={every}" in stable.overrides
+  grid = plan.branch_grid(stable.num_steps, 0.05, 2)
+  assert grid == 2 * round(0.05 * stable.num_steps / 2) and every % grid == 0
+  assert stable.num_steps // every <= 20  # the checkpoints the stable run keeps (keep_period), not hundreds
+  for b in branches:
+    assert b.branch_step % every == 0 and b.branch_step < stable.num_steps - stable.num_steps // 5
+    tokens = b.budget * b.n  # still within half a grid step of the nominal budget
+    assert abs(b.num_steps * 512 - tokens) <= (grid / 2 + 2) * 512
+  spec.branch_grid = 0.5
+  with pytest.raises(ConfigError, match="config.branch_grid: dense size 3: budgets .* snap to the same"):
+    plan.plan(spec)

@@ -2,6 +2,7 @@
 
   unimodal-sweep plan    --spec configs/sweeps/tiny.py
   unimodal-sweep launch  --spec configs/sweeps/tiny.py --sweep_dir runs/sweep [--parallel N] [--dry_run]
+  unimodal-sweep launch  --spec ... --sweep_dir gs://BUCKET/sweep --backend tpu_vm|xpk [pod flags] [--dry_run]
   unimodal-sweep status  --spec configs/sweeps/tiny.py --sweep_dir runs/sweep
   unimodal-sweep collect --spec configs/sweeps/tiny.py --sweep_dir runs/sweep   # results.csv, results.json
   unimodal-sweep fit     --sweep_dir runs/sweep [--bootstrap 100]                # fits.json
@@ -20,15 +21,47 @@ import sys
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from unimodal_jax.config import ConfigError  # noqa: E402
-from unimodal_jax.scaling import analysis, collect, launch, plan as plan_lib, plots  # noqa: E402
+from unimodal_jax.launch import common, tpu_vm, xpk  # noqa: E402
+from unimodal_jax.scaling import analysis, collect, launch, plan as plan_lib, plots, pods  # noqa: E402
 
-BACKENDS = {"local": launch.local_backend}
+BACKENDS = ("local", *pods.BACKENDS)
 FITS_JSON = "fits.json"
 
 
 def add_spec(p, sweep_dir_required=True):
   p.add_argument("--spec", required=True, help="Sweep spec: a configs/sweeps/*.py file.")
   p.add_argument("--sweep_dir", required=sweep_dir_required, help="Where runs/, results and plots go.")
+
+
+def add_pod_flags(p):
+  """unimodal-launch-tpu-vm's and unimodal-launch-xpk's flags, for every run of the sweep alike."""
+  p.add_argument("--name", default="", help="tpu_vm: prefix of the queued resources, one per run (<name>-<run>).")
+  p.add_argument("--cluster", default="", help="xpk: the cluster the workloads run on.")
+  p.add_argument("--workload", default="", help="xpk: prefix of the workloads, one per run (<workload>-<run>).")
+  p.add_argument("--project", default="", help="Pods: GCP project id.")
+  p.add_argument("--zone", default="", help="Pods: GCP zone, e.g. us-east5-a.")
+  p.add_argument("--accelerator_type", default="", help="Pods: the slice each run gets, e.g. v5p-8.")
+  p.add_argument("--num_slices", type=int, default=1, help="Pods: slices per run.")
+  p.add_argument("--provisioning", default="on-demand", help="Pods: capacity (tpu_vm: on-demand, spot, reserved, "
+                 "best-effort; xpk: the cluster's).")
+  p.add_argument("--wheel", default="", help="tpu_vm: local unimodal_jax wheel installed on every worker.")
+  p.add_argument("--package", default="", help="tpu_vm: instead of --wheel, a pip requirement.")
+  p.add_argument("--docker_image", default="", help="xpk: the image the workloads run (unimodal-launch-xpk image).")
+  p.add_argument("--priority", default="medium", help="xpk: workload priority.")
+  p.add_argument("--mount_bucket", default="", help="Pods: a bucket mounted at /gcs/<bucket> on every host.")
+  p.add_argument("--env", action="append", default=[], help="Pods: KEY=VALUE for unimodal-train (repeatable).")
+
+
+def pod_args(args):
+  env = common.parse_env(args.env)
+  if args.backend == "tpu_vm":
+    return tpu_vm.TpuVmArgs(name=args.name, project=args.project, zone=args.zone,
+                            accelerator_type=args.accelerator_type, num_slices=args.num_slices,
+                            provisioning=args.provisioning, wheel=args.wheel, package=args.package, env=env,
+                            mount_bucket=args.mount_bucket)
+  return xpk.XpkArgs(cluster=args.cluster, workload=args.workload, project=args.project, zone=args.zone,
+                     tpu_type=args.accelerator_type, docker_image=args.docker_image, num_slices=args.num_slices,
+                     provisioning=args.provisioning, priority=args.priority, env=env, mount_bucket=args.mount_bucket)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,11 +75,13 @@ def parser() -> argparse.ArgumentParser:
   p = sub.add_parser("launch", help="Run every run that is not done.", description="Run every run that is not "
                      "done (finished runs are skipped, interrupted ones resume, a failing one is retried).")
   add_spec(p)
-  p.add_argument("--backend", choices=sorted(BACKENDS), default="local", help="Where runs execute.")
+  p.add_argument("--backend", choices=BACKENDS, default="local", help="Where runs execute: local processes, or one "
+                 "TPU slice per run (tpu_vm: a queued resource each; xpk: a workload each on --cluster).")
   p.add_argument("--parallel", type=int, default=launch.default_parallelism(),
                  help="Runs at once (local: one single-CPU-device process each; default: the number of cores).")
   p.add_argument("--retries", type=int, default=1, help="Restarts of a failing run before it is reported failed.")
   p.add_argument("--dry_run", action="store_true", help="Print the commands in launch order; start nothing.")
+  add_pod_flags(p)
   p = sub.add_parser("status", help="Each run's state and progress.", description="Each run's state (done, "
                      "partial, ready, waiting, failed) and its last checkpointed step.")
   add_spec(p)
@@ -72,8 +107,23 @@ def cmd_plan(args, spec, runs):
       print(f"{r.name}: " + " ".join(r.train_args(spec.base_config, args.sweep_dir or "<sweep_dir>")[1:]))
 
 
+def cmd_pods(args, spec, runs):
+  sweep_dir, base = args.sweep_dir.rstrip("/"), pods.pod_base_config(spec.base_config)
+  pods.check_runs(runs, sweep_dir)
+  target = pod_args(args)
+  if args.dry_run:
+    print(pods.dry_run(args.backend, target, runs, base, sweep_dir))
+    return 0
+  states = pods.submit(args.backend, target, runs, base, sweep_dir, log=functools.partial(print, flush=True))
+  counts = {s: sum(v == s for v in states.values()) for s in ("done", "submitted", "waiting", "failed")}
+  print(", ".join(f"{n} {s}" for s, n in counts.items()))
+  return 1 if counts["failed"] else 0
+
+
 def cmd_launch(args, spec, runs):
-  backend = BACKENDS[args.backend]
+  if args.backend != "local":
+    return cmd_pods(args, spec, runs)
+  backend = launch.local_backend
   sweep_dir = os.path.abspath(args.sweep_dir)
   if args.dry_run:
     print(launch.dry_run(runs, spec.base_config, sweep_dir, backend))
@@ -151,10 +201,10 @@ def main(argv=None) -> int:
     spec = plan_lib.load_spec(args.spec)
     runs = plan_lib.plan(spec)
     if args.command == "status":
-      print(launch.status_table(runs, os.path.abspath(args.sweep_dir)))
+      print(launch.status_table(runs, args.sweep_dir if "://" in args.sweep_dir else os.path.abspath(args.sweep_dir)))
       return 0
     return {"plan": cmd_plan, "launch": cmd_launch, "collect": cmd_collect}[args.command](args, spec, runs) or 0
-  except (ConfigError, FileNotFoundError, ValueError) as e:
+  except (ConfigError, FileNotFoundError, ValueError) as e:  # LaunchError is a ValueError
     print(f"unimodal-sweep {args.command}: {e}", file=sys.stderr)
     return 2
 

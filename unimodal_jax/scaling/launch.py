@@ -1,5 +1,6 @@
-"""Run a planned sweep: each run's state from its workdir, and a scheduler that starts runs whose checkpoints they
-branch from exist, a few at a time, through a backend (a function from unimodal-train's arguments to a command).
+"""Run a planned sweep: each run's state from its workdir (local or gs://, through etils.epath), and a scheduler that
+starts runs whose checkpoints they branch from exist, a few at a time, through a backend (a function from
+unimodal-train's arguments to a command).
 
 Idempotent: a run whose last checkpoint is its final step is done and skipped; an interrupted one is started again
 and unimodal-train resumes it from its workdir; a failing one is retried `retries` times, then reported.
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+
+from etils import epath
 
 from unimodal_jax.scaling import plan as plan_lib
 
@@ -41,24 +44,22 @@ def default_parallelism() -> int:
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
-  path = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(path):
+  path = epath.Path(workdir) / "checkpoints"
+  if not path.is_dir():
     return []
-  return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+  return sorted(int(d.name) for d in path.iterdir() if d.name.isdigit())
 
 
 def read_record(workdir: str) -> dict:
-  path = os.path.join(workdir, LAUNCH_RECORD)
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / LAUNCH_RECORD
+  if not path.exists():
     return {"attempts": 0, "returncode": None}
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def write_record(workdir: str, record: dict):
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, LAUNCH_RECORD), "w") as f:
-    json.dump(record, f)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  (epath.Path(workdir) / LAUNCH_RECORD).write_text(json.dumps(record))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ def run_state(run: plan_lib.Run, sweep_dir: str, retries: int = 1) -> RunState:
   if rc not in (None, 0) and attempts > retries:
     return RunState(run.name, "failed", step, run.num_steps, attempts, f"exit status {rc}, see {workdir}/{LOG_FILE}")
   wait = run.wait_for(sweep_dir)
-  if wait and not os.path.isdir(wait):
+  if wait and not epath.Path(wait).is_dir():
     return RunState(run.name, "waiting", step, run.num_steps, attempts, f"for {wait}")
   return RunState(run.name, "partial" if step else "ready", step, run.num_steps, attempts)
 

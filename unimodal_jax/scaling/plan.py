@@ -109,11 +109,17 @@ def check_spec(spec):
   check(spec.get("param_count", "non_embedding") in PARAM_COUNTS, "param_count", f"must be one of {PARAM_COUNTS}")
   check(0 < spec.get("cooldown_fraction", 0.2) < 1, "cooldown_fraction", "must be in (0, 1)")
   check(spec.get("steps_multiple", 1) >= 1, "steps_multiple", "must be >= 1")
+  check(0 < spec.get("branch_grid", 0.05) <= 0.5, "branch_grid", "must be in (0, 0.5]")
 
 
 def steps_for(tokens: float, tokens_per_step: int, multiple: int) -> int:
   """Whole multiples of `multiple`, at least two (a WSD run needs a stable and a cooldown part)."""
   return max(2 * multiple, multiple * round(tokens / tokens_per_step / multiple))
+
+
+def branch_grid(top_steps: int, fraction: float, multiple: int) -> int:
+  """The step grid branch points snap to: `fraction` of the longest run, in whole multiples of `multiple`."""
+  return multiple * max(1, round(fraction * top_steps / multiple))
 
 
 def plan(spec) -> list[Run]:
@@ -149,6 +155,13 @@ def size_runs(spec, variant, size, config, overrides, wsd: bool, multiple: int) 
            for b, s in steps.items()}
   warmup = config.optim.warmup_steps
   top = max(steps)
+  if wsd:  # branch points on a coarse grid, so the stable run keeps a handful of checkpoints, not one per gcd step
+    grid = branch_grid(steps[top], spec.get("branch_grid", 0.05), multiple)
+    steps = {b: s if b == top else max(grid, grid * round((s - decay[b]) / grid)) + decay[b] for b, s in steps.items()}
+    points = {b: steps[b] - decay[b] for b in steps if b != top}
+    same = sorted(b for b in points if list(points.values()).count(points[b]) > 1)
+    check(not same, "branch_grid", f"{variant} size {size}: budgets {same} snap to the same branch point on the "
+          f"{grid}-step grid; lower branch_grid or spread the budgets")
   label = (lambda b: f"r{b:g}") if spec.budget_kind == "tokens_per_param" else (lambda b: f"c{b:.2e}")
   branch_points = sorted({steps[b] - decay[b] for b in steps if b != top})
   check(not branch_points or branch_points[-1] <= steps[top] - decay[top], "cooldown_fraction",
