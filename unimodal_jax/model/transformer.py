@@ -129,8 +129,8 @@ class HeadNorm(nn.Module):
 
 
 class Attention(nn.Module):
-  """GQA self-attention with RoPE and optional QK-norm. With the stacked cache `kv` = (k, v) [layers, b, max_len,
-  kv_heads, head_dim], these tokens' keys and values are written at layer `layer`, slot `cache_index`, and the queries
+  """GQA self-attention with RoPE and optional QK-norm. With the stacked cache `kv` = (k, v) [layers, b, kv_heads,
+  max_len, head_dim], these tokens' keys and values are written at layer `layer`, slot `cache_index`, and the queries
   attend over every slot of that layer whose segment (`kv_segment_ids`) is theirs; returns the output and the updated
   (k, v)."""
 
@@ -159,8 +159,7 @@ class Attention(nn.Module):
     else:
       kv = tuple(nn.with_logical_constraint(kv_cache.write_layer(buffer, new, layer, cache_index), kv_cache.KV_AXES)
                  for buffer, new in zip(kv, (k, v)))
-      k, v = (nn.with_logical_constraint(jax.lax.dynamic_index_in_dim(buffer, layer, keepdims=False),
-                                         kv_cache.KV_AXES[1:]) for buffer in kv)
+      k, v = (kv_cache.layer_view(buffer, layer) for buffer in kv)
       out = attention.attend_cached(q, k, v, segment_ids, kv_segment_ids, cache_index, c.attention)
     o = dense.ExpertDense((("o_kernel", (c.embed_dim,), ("embed",)),), in_axes=("heads", "head_dim"),
                           parallel=("in", "activation_heads"), copies=n)
