@@ -1,6 +1,9 @@
 """Chameleon-34B shapes (Team Chameleon 2024): swin norm order, GQA (64 heads, 8 kv), QK-norm, z-loss.
 
-Same vocabulary, image tokenization, data and optimizer as configs/chameleon_7b.py. For a TPU pod.
+Same vocabulary, image tokenization, data and optimizer as configs/chameleon_7b.py (splash attention on TPU, full
+remat, chunked loss). Target slice: v5p-256 (128 chips, FSDP over all). The batch of 2,048 x 4,096 does not fit
+there in one pass, so it is 2 microbatches of 1,024 rows (gradient accumulation):
+  unimodal-plan --config configs/chameleon_34b.py --topology v5p-256
 """
 import os
 
@@ -17,5 +20,5 @@ def get_config():
   c.model.mlp_dim = 22016
   c.model.norm_order = "swin"
   c.model.dropout_rate = 0.0  # the paper uses dropout only for the pre-norm 7B
-  c.model.remat_policy = "full"
+  c.train.grad_accum_steps = 2  # 1,024 rows per pass on v5p-256
   return c
