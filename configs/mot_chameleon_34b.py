@@ -1,7 +1,7 @@
 """Chameleon-34B shapes as a Mixture-of-Transformers: text and image experts for every non-embedding weight.
 
-Target slice: v5p-256 (128 chips), 2,048 x 4,096 as 2 microbatches of 1,024 rows, like the dense config:
-  unimodal-plan --config configs/mot_chameleon_34b.py --topology v5p-256
+Target slice: v5p-512 (256 chips), 2,048 x 4,096 in one pass, like the dense config:
+  unimodal-plan --config configs/mot_chameleon_34b.py --topology v5p-512
 """
 import os
 
