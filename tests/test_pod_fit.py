@@ -4,9 +4,10 @@ shipped (batch, gradient accumulation, remat, chunked loss, attention "auto" = s
 The train step is compiled ahead of time for the slice (libtpu on this CPU host, no TPU) at 2 and 3 layers, and
 the per-chip memory extrapolated linearly to the full depth (plan.planner.memory_from_depths). Checked against
 full-depth compiles (2026-12-03, jax 0.10.2, libtpu 0.0.42.1; docs/pod_plans.md), peak estimate extrapolated vs
-full: Chameleon-7B on v5p-256 46.42 vs 42.89 GiB (+8.2%), Chameleon-34B on v5p-512 62.54 vs 56.82 GiB (+10.1%).
-The extrapolation overestimates, so the guard errs on the safe side. Slow: two compiles for 128-256 chips per
-config, ~5-6 CPU-minutes each on the 2-core development machine.
+full: Chameleon-7B on v5p-256 46.42 vs 42.89 GiB (+8.2%), Chameleon-34B on v5p-512 62.54 vs 56.82 GiB (+10.1%),
+MoT-7B on v5p-256 58.77 vs 61.40 GiB (-4.3%). So it catches a config clearly over the chip, not one within ~10% of
+it (the full plan decides those). Slow: two compiles for 128-256 chips per config, ~7 CPU-minutes per test on
+the 2-core development machine.
 """
 import os
 import re
