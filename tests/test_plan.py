@@ -134,6 +134,8 @@ def test_memory_from_depths_is_affine_in_the_depth():
   assert plan.memory_from_depths({3: at(3), 2: at(2)}, 48) == at(48)
   with pytest.raises(ValueError, match="two depths"):
     plan.memory_from_depths({2: at(2)}, 48)
+  with pytest.raises(ValueError, match="peak falls"):
+    plan.memory_from_depths({2: at(3), 3: at(2)}, 48)
 
 
 def test_cli_quick_plan_extrapolates_from_reduced_depths(devices):

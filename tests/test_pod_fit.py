@@ -30,7 +30,13 @@ def target_slice(name: str) -> str:
   return found.group(1)
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+# MoT-34B on v5p-512: the 3-layer compile peaks below the 2-layer one, so the straight line goes negative (-19.74
+# GiB at 48 layers, 2026-12-03); memory_from_depths now refuses it. The full plan fits (74.58 GiB, docs/pod_plans.md).
+NOT_LINEAR = pytest.mark.xfail(raises=ValueError, strict=True, reason="MoT-34B: peak falls from 2 to 3 layers")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=NOT_LINEAR) if n == "mot_chameleon_34b" else n
+                                  for n in SHIPPED])
 def test_shipped_config_fits_its_target_slice(name):
   pytest.importorskip("libtpu", reason="AOT compiles for TPU need libtpu (pip install -e '.[tpu]')")
   config = planning_config(load_config_file(os.path.join(REPO, "configs", f"{name}.py")))

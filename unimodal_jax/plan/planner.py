@@ -115,6 +115,9 @@ def memory_from_depths(memories: dict, num_layers: int) -> Memory:
   if len(memories) != 2:
     raise ValueError(f"memory_from_depths: needs compiles at exactly two depths, got {sorted(memories)}")
   (a, at_a), (b, at_b) = sorted(memories.items())
+  if at_b.peak < at_a.peak:
+    raise ValueError(f"memory_from_depths: the peak falls from {at_a.peak} bytes at {a} layers to {at_b.peak} at {b}: "
+                     "the reduced-depth compiles do not show the per-layer memory; plan the full depth")
 
   def field(name: str) -> int:
     low, high = getattr(at_a, name), getattr(at_b, name)
