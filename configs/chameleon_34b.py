@@ -1,6 +1,10 @@
 """Chameleon-34B shapes (Team Chameleon 2024): swin norm order, GQA (64 heads, 8 kv), QK-norm, z-loss.
 
-Same vocabulary, image tokenization, data and optimizer as configs/chameleon_7b.py. For a TPU pod.
+Same vocabulary, image tokenization, data and optimizer as configs/chameleon_7b.py (splash attention on TPU, full
+remat, chunked loss). Target slice: v5p-512 (256 chips, FSDP over all), 2,048 x 4,096 in one pass:
+  unimodal-plan --config configs/chameleon_34b.py --topology v5p-512
+On v5p-256 the batch fits only as 1,024 rows per pass, and 2 microbatches of 1,024 (train.grad_accum_steps=2)
+plan at 110 GiB per chip, over the 95.74 usable (docs/pod_plans.md).
 """
 import os
 
@@ -17,5 +21,4 @@ def get_config():
   c.model.mlp_dim = 22016
   c.model.norm_order = "swin"
   c.model.dropout_rate = 0.0  # the paper uses dropout only for the pre-norm 7B
-  c.model.remat_policy = "full"
   return c

@@ -1,7 +1,9 @@
 """Chameleon-7B shapes (Team Chameleon 2024): pre-norm, QK-norm (LayerNorm), z-loss, dropout 0.1.
 
 65,536 ids in all: 57,342 text + <boi>/<eoi> + 8,192 VQ codes; 512px images -> 32x32 codes.
-Batch: 2,048 rows x 4,096 tokens (~8M tokens). For a TPU pod; plan it with the AOT tool before booking.
+Batch: 2,048 rows x 4,096 tokens (~8M tokens), in one pass.
+Target slice: v5p-256 (128 chips, FSDP over all); fits as shipped (docs/pod_plans.md, tests/test_pod_fit.py):
+  unimodal-plan --config configs/chameleon_7b.py --topology v5p-256
 """
 from unimodal_jax.config import default_config
 
@@ -27,7 +29,9 @@ def get_config():
   c.model.norm_order = "pre"
   c.model.dropout_rate = 0.1
   c.model.z_loss = 1e-5
-  c.model.remat_policy = "dots_with_no_batch_dims"
+  c.model.loss_chunk_size = 512  # output head + loss over 512 positions at a time: no full float32 logits
+  c.model.remat_policy = "full"
+  c.model.attention = "auto"  # splash on TPU: no [rows, heads, 4096, 4096] float32 scores
   c.model.dtype = "bfloat16"
   c.mesh.data = 1
   c.mesh.fsdp = -1

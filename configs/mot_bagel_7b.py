@@ -2,7 +2,9 @@
 RMS QK-norm), an understanding (text) and a generation (image) expert, every non-embedding weight untied.
 
 BAGEL generates images from continuous VAE latents; here the image expert predicts VQ codes (8,192, 32x32
-per 512px image) as in Chameleon. Text ids: Qwen2.5's 151,936 (padded tokenizer size). For a TPU pod.
+per 512px image) as in Chameleon. Text ids: Qwen2.5's 151,936 (padded tokenizer size).
+Target slice: v5p-256 (128 chips, FSDP over all) at 2,048 x 4,096 in one pass:
+  unimodal-plan --config configs/mot_bagel_7b.py --topology v5p-256
 """
 from unimodal_jax.config import default_config
 
@@ -31,7 +33,9 @@ def get_config():
   c.model.tie_embeddings = False
   c.model.z_loss = 1e-5
   c.model.num_experts = 2
-  c.model.remat_policy = "dots_with_no_batch_dims"
+  c.model.loss_chunk_size = 512  # output head + loss over 512 positions at a time: no full float32 logits
+  c.model.remat_policy = "full"
+  c.model.attention = "auto"  # splash on TPU
   c.model.dtype = "bfloat16"
   c.mesh.data = 1
   c.mesh.fsdp = -1

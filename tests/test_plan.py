@@ -126,3 +126,19 @@ def test_cli_config_error_names_the_key(devices):
   out = run_cli("--config.mesh.tensor=3")
   assert out.returncode == 2
   assert "config.mesh" in out.stderr
+
+
+def test_memory_from_depths_is_affine_in_the_depth():
+  at = lambda n: plan.Memory(arguments=100 + 10 * n, outputs=50 + 5 * n, aliased=40 + 4 * n, temporaries=1000 + 300 * n,
+                             generated_code=7)
+  assert plan.memory_from_depths({3: at(3), 2: at(2)}, 48) == at(48)
+  with pytest.raises(ValueError, match="two depths"):
+    plan.memory_from_depths({2: at(2)}, 48)
+  with pytest.raises(ValueError, match="peak falls"):
+    plan.memory_from_depths({2: at(3), 3: at(2)}, 48)
+
+
+def test_cli_quick_plan_extrapolates_from_reduced_depths(devices):
+  out = run_cli("--quick", "--noflops", "--config.model.num_layers=6")
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "extrapolated from 2 and 3 layers" in out.stdout and "FITS on v5e-8" in out.stdout

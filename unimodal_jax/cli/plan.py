@@ -1,8 +1,8 @@
 """`unimodal-plan`: does a config fit a TPU slice, and how fast can its step be at best? Compiles the real
 train step ahead of time on this host (needs libtpu, no TPU) and prints per-chip HBM, FLOPs and a bound.
 
-  unimodal-plan --config configs/chameleon_7b.py --topology v5p-256 [--slices 2] [--noflops] [--sweep_mesh] \\
-      [--config.model.attention=splash ...]
+  unimodal-plan --config configs/chameleon_7b.py --topology v5p-256 [--slices 2] [--noflops] [--quick] \\
+      [--sweep_mesh] [--config.model.attention=splash ...]
 
 Exit status: 0 it fits; 1 it does not (with --sweep_mesh: no mesh fits); 2 the config cannot run at all.
 """
@@ -24,6 +24,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice: an accelerator typ
 _SLICES = flags.DEFINE_integer("slices", 1, "Number of such slices (multislice over the data-center network).")
 _FLOPS = flags.DEFINE_bool("flops", True, "Measure FLOPs per step (five more compiles of 0-3 layer variants); "
                            "--noflops: memory and fit only.")
+_QUICK = flags.DEFINE_bool("quick", False, "Memory from 2- and 3-layer compiles extrapolated linearly to the full "
+                           "depth (plan.planner.memory_from_depths) instead of the full-depth compile; its error "
+                           "on the shipped configs: docs/pod_plans.md.")
 _SWEEP_MESH = flags.DEFINE_bool("sweep_mesh", False, "Compile every (data, fsdp, tensor) factorisation of the "
                                 "device count that the config allows and print a table.")
 flags.mark_flags_as_required(["config", "topology"])
@@ -44,19 +47,21 @@ def planning_config(config):
   return config
 
 
-def describe(plan, config, topology) -> str:
+def describe(plan, config, topology, quick: bool = False) -> str:
   g, m = topology.generation, config.model
   data, fsdp, tensor = plan.mesh
   attention = plan.attention + (" (model.attention=auto)" if m.attention == "auto" else "")
+  accum = f" in {config.train.grad_accum_steps} microbatches" if config.train.grad_accum_steps > 1 else ""
   lines = [f"{topology.name}: {topology.chips} chips, {gib(g.hbm_bytes)} usable HBM and {g.peak_bf16_flops / 1e12:.0f} "
            f"TFLOP/s bf16 peak each",
            f"mesh data={data} fsdp={fsdp} tensor={tensor}; batch {config.train.batch_size} x {config.data.seq_len} "
-           f"tokens; remat {m.remat_policy}; attention {attention}; dtype {m.dtype}; {m.num_layers} layers"]
+           f"tokens{accum}; loss chunk {m.loss_chunk_size or 'off'}; remat {m.remat_policy}; attention {attention}; "
+           f"dtype {m.dtype}; {m.num_layers} layers"]
   if plan.memory is None:
     lines.append(f"HBM per chip: the compiler ran out: {plan.error}")
   else:
     mem = plan.memory
-    lines += ["HBM per chip:",
+    lines += [f"HBM per chip{' (--quick: extrapolated from 2 and 3 layers)' if quick else ''}:",
               f"  arguments       {gib(mem.arguments):>12}  (train state and batch shards)",
               f"  outputs         {gib(mem.outputs):>12}",
               f"  aliased         {gib(mem.aliased):>12}  (outputs written into the donated state)",
@@ -117,11 +122,12 @@ def main():
             f"{config.train.batch_size} x {config.data.seq_len}; FLOPs: plan one mesh without --sweep_mesh\n",
             flush=True)
       sys.exit(0 if sweep(config, devices, topology) else 1)
-    plan = plan_lib.make_plan(config, devices, topology.generation.hbm_bytes, with_flops=_FLOPS.value)
+    plan = plan_lib.make_plan(config, devices, topology.generation.hbm_bytes, with_flops=_FLOPS.value,
+                              quick=_QUICK.value)
   except ConfigError as e:
     print(f"CONFIG ERROR for {topology.name}: {e}", file=sys.stderr)
     sys.exit(2)
-  print(describe(plan, config, topology))
+  print(describe(plan, config, topology, quick=_QUICK.value))
   print(verdict(plan, topology))
   sys.exit(0 if plan.fits else 1)
 

@@ -13,6 +13,8 @@ from unimodal_jax.plan import aot
 from unimodal_jax.train import validate as validate_lib
 
 OUT_OF_MEMORY = "RESOURCE_EXHAUSTED"  # how the TPU compiler says a program does not fit in HBM
+# A quick plan's reduced depths: 2 and 3, not 1, because a scan of one trip is inlined and compiles differently.
+QUICK_DEPTHS = (2, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,42 @@ def flops_per_chip(config, devices) -> float:
   return xla + kernel_flops_per_chip(config, devices)
 
 
+def memory_from_depths(memories: dict, num_layers: int) -> Memory:
+  """Memory per chip at `num_layers`, extrapolated linearly from two compiles at reduced depths {depth: Memory}.
+
+  Under `nn.scan` each layer adds the same bytes: its shard of params, gradients and Adam state (arguments,
+  outputs, aliased) and the activations the remat policy keeps for the backward pass (temporaries); the rest
+  (embedding, head, loss chunks, batch, one layer's working set, the code) does not grow with depth. So every
+  field is nearly affine in the depth, and two depths determine it. Against full-depth compiles of the shipped
+  configs the peak from 2 and 3 layers came out between 4% low and 10% high (docs/pod_plans.md, "How far the quick
+  plan is from the full compile").
+  """
+  if len(memories) != 2:
+    raise ValueError(f"memory_from_depths: needs compiles at exactly two depths, got {sorted(memories)}")
+  (a, at_a), (b, at_b) = sorted(memories.items())
+  if at_b.peak < at_a.peak:
+    raise ValueError(f"memory_from_depths: the peak falls from {at_a.peak} bytes at {a} layers to {at_b.peak} at {b}: "
+                     "the reduced-depth compiles do not show the per-layer memory; plan the full depth")
+
+  def field(name: str) -> int:
+    low, high = getattr(at_a, name), getattr(at_b, name)
+    return low + (high - low) * (num_layers - a) // (b - a)
+
+  return Memory(**{f.name: field(f.name) for f in dataclasses.fields(Memory)})
+
+
+def extrapolated_memory(config, devices, depths: tuple[int, int] = QUICK_DEPTHS) -> Memory:
+  """Memory per chip of the full-depth train step from compiles at `depths` layers (memory_from_depths).
+
+  Raises jax.errors.JaxRuntimeError with RESOURCE_EXHAUSTED when even a reduced-depth step does not fit.
+  """
+  if config.model.num_layers <= max(depths):
+    return memory_per_chip(compile_train_step(config, devices))
+  memories = {n: memory_per_chip(compile_train_step(with_overrides(config, model={"num_layers": n}), devices))
+              for n in depths}
+  return memory_from_depths(memories, config.model.num_layers)
+
+
 def attention_for(config, devices) -> str:
   """The attention implementation the train step compiles for `devices`: model.attention, "auto" resolved."""
   m = config.model
@@ -128,10 +166,14 @@ def model_flops(config) -> float:
   return tokens * flops_lib.train_flops_per_token(config.model, config.data.seq_len)
 
 
-def make_plan(config, devices, hbm_bytes: int, with_flops: bool = True) -> Plan:
-  """Validate `config` for len(devices), compile its train step and measure it. Raises ConfigError."""
+def make_plan(config, devices, hbm_bytes: int, with_flops: bool = True, quick: bool = False) -> Plan:
+  """Validate `config` for len(devices), compile its train step and measure it. Raises ConfigError.
+
+  quick: memory from reduced-depth compiles (extrapolated_memory) instead of the full-depth one.
+  """
   mesh = validate_lib.validate(config, len(devices))
-  memory, error = _unless_out_of_memory(lambda: memory_per_chip(compile_train_step(config, devices)))
+  full = lambda: memory_per_chip(compile_train_step(config, devices))
+  memory, error = _unless_out_of_memory(lambda: extrapolated_memory(config, devices) if quick else full())
   flops = _unless_out_of_memory(lambda: flops_per_chip(config, devices))[0] if with_flops else None
   return Plan(mesh=mesh, attention=attention_for(config, devices), hbm_bytes=hbm_bytes, memory=memory, error=error,
               flops_per_chip=flops)
