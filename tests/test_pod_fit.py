@@ -16,7 +16,6 @@ import re
 
 import pytest
 
-from unimodal_jax.cli.plan import planning_config
 from unimodal_jax.config import load_config_file
 from unimodal_jax.plan import planner, topology
 from unimodal_jax.train import validate as validate_lib
@@ -40,7 +39,7 @@ NOT_LINEAR = pytest.mark.xfail(raises=ValueError, strict=True, reason="MoT-34B: 
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_config_names_its_slice_and_validates_for_it(name):
-  config = planning_config(load_config_file(os.path.join(REPO, "configs", f"{name}.py")))
+  config = planner.planning_config(load_config_file(os.path.join(REPO, "configs", f"{name}.py")))
   chips = topology.parse(target_slice(name)).chips
   data, fsdp, tensor = validate_lib.validate(config, chips)
   assert data * fsdp * tensor == chips
@@ -53,7 +52,7 @@ def test_shipped_config_names_its_slice_and_validates_for_it(name):
                                   for n in SHIPPED])
 def test_shipped_config_fits_its_target_slice(name):
   pytest.importorskip("libtpu", reason="AOT compiles for TPU need libtpu (pip install -e '.[tpu]')")
-  config = planning_config(load_config_file(os.path.join(REPO, "configs", f"{name}.py")))
+  config = planner.planning_config(load_config_file(os.path.join(REPO, "configs", f"{name}.py")))
   slice_name = target_slice(name)
   devices = topology.tpu_devices(slice_name)
   hbm = topology.parse(slice_name).generation.hbm_bytes

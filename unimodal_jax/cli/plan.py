@@ -39,14 +39,6 @@ def gib(n: float) -> str:
   return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def planning_config(config):
-  """The config as planned: no data is read, so a 'shards' source needs no data.dir."""
-  config = config.copy_and_resolve_references()
-  if config.data.source == "shards" and not config.data.dir:
-    config.data.dir = "<not read by the planner>"
-  return config
-
-
 def describe(plan, config, topology, quick: bool = False) -> str:
   g, m = topology.generation, config.model
   data, fsdp, tensor = plan.mesh
@@ -112,7 +104,7 @@ def main():
   jax.config.update("jax_platforms", "cpu")
   topology = topology_lib.parse(_TOPOLOGY.value, _SLICES.value)
   devices = topology_lib.tpu_devices(_TOPOLOGY.value, _SLICES.value)
-  config = planning_config(_CONFIG.value)
+  config = plan_lib.planning_config(_CONFIG.value)
   if _SLICES.value > 1 and math.prod(mesh_lib.dcn_shape(config.mesh)) == 1:
     config.mesh.dcn_data = _SLICES.value  # the usual multislice layout: data parallelism across slices
     print(f"--slices={_SLICES.value}: mesh.dcn_data={_SLICES.value} (set --config.mesh.dcn_* to choose)", flush=True)

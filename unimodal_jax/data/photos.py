@@ -37,16 +37,21 @@ class PhotoCrops:
     for row in range(batch_size):
       copies = self.copies[rng.integers(len(self.copies))]
       image = copies[rng.integers(len(copies))]
-      top = rng.integers(image.shape[0] - self.size + 1)
-      left = rng.integers(image.shape[1] - self.size + 1)
-      crop = image[top:top + self.size, left:left + self.size]
-      out[row] = crop[:, ::-1] if rng.integers(2) else crop
+      out[row] = random_crop(image, self.size, rng)
     return out
 
   def eval_images(self) -> np.ndarray:
     """The centre square of each photo (the whole short side), prepared as the tokenizer's inputs are: a fixed set
     for PSNR and figures."""
     return self.centres
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """A size x size crop of `image` [H, W, 3] at a random position, mirrored left-right half of the time."""
+  top = rng.integers(image.shape[0] - size + 1)
+  left = rng.integers(image.shape[1] - size + 1)
+  crop = image[top:top + size, left:left + size]
+  return crop[:, ::-1] if rng.integers(2) else crop
 
 
 class SourceCrops:
@@ -83,10 +88,7 @@ class SourceCrops:
           break
       else:
         raise ValueError(f"{self.MAX_DRAWS} inputs in a row could not be read as images")
-      top = rng.integers(image.shape[0] - self.size + 1)
-      left = rng.integers(image.shape[1] - self.size + 1)
-      crop = image[top:top + self.size, left:left + self.size]
-      out[row] = crop[:, ::-1] if rng.integers(2) else crop
+      out[row] = random_crop(image, self.size, rng)
     return out
 
   def eval_images(self) -> np.ndarray:

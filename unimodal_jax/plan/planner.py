@@ -46,6 +46,14 @@ class Plan:
     return self.memory is not None and self.memory.peak <= self.hbm_bytes
 
 
+def planning_config(config):
+  """The config as planned: no data is read, so a 'shards' source needs no data.dir."""
+  config = config.copy_and_resolve_references()
+  if config.data.source == "shards" and not config.data.dir:
+    config.data.dir = "<not read by the planner>"
+  return config
+
+
 def with_overrides(config, **sections):
   """A copy of `config` with e.g. model={'num_layers': 1}, mesh={'fsdp': 8} applied."""
   config = config.copy_and_resolve_references()

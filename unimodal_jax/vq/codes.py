@@ -95,6 +95,17 @@ class VQGANTokenizer:
     return np.asarray(self._decode(self.params, np.asarray(codes, np.int32)))
 
 
+def _kmeans_tokenizer(vq) -> kmeans.KMeansTokenizer:
+  """The k-means codebook at vq.tokenizer_path, checked against vq's image_size, patch_size and num_codes."""
+  path = vq.tokenizer_path
+  tokenizer = kmeans.KMeansTokenizer.load(path)
+  found = (tokenizer.image_size, tokenizer.patch_size, tokenizer.num_codes)
+  if found != (vq.image_size, vq.patch_size, vq.num_codes):
+    raise ValueError(f"config.vq.tokenizer_path={path}: a codebook for image_size, patch_size, num_codes = {found}, "
+                     f"but config.vq has {(vq.image_size, vq.patch_size, vq.num_codes)}")
+  return tokenizer
+
+
 def image_tokenizer(config) -> Callable[[np.ndarray], np.ndarray]:
   """Loads the tokenizer saved at `config.vq.tokenizer_path` and checks it against config.vq."""
   vq, path = config.vq, config.vq.tokenizer_path
@@ -102,11 +113,7 @@ def image_tokenizer(config) -> Callable[[np.ndarray], np.ndarray]:
     raise ValueError("config.vq.tokenizer_path: needs the saved image tokenizer (vq.kind="
                      f"{vq.kind!r}) to tokenize images")
   if vq.kind == "kmeans":
-    tokenizer = kmeans.KMeansTokenizer.load(path)
-    found = (tokenizer.image_size, tokenizer.patch_size, tokenizer.num_codes)
-    if found != (vq.image_size, vq.patch_size, vq.num_codes):
-      raise ValueError(f"config.vq.tokenizer_path={path}: a codebook for image_size, patch_size, num_codes = {found}, "
-                       f"but config.vq has {(vq.image_size, vq.patch_size, vq.num_codes)}")
+    tokenizer = _kmeans_tokenizer(vq)
     return lambda images: tokenizer.encode(images).astype(np.int32)
   if vq.kind == "vqgan":
     check_vqgan_dims(config)
@@ -121,12 +128,7 @@ def image_decoder(config) -> Callable[[np.ndarray], np.ndarray]:
   if not path:
     raise ValueError(f"config.vq.tokenizer_path: needs the saved image tokenizer (vq.kind={vq.kind!r}) to decode codes")
   if vq.kind == "kmeans":
-    tokenizer = kmeans.KMeansTokenizer.load(path)
-    found = (tokenizer.image_size, tokenizer.patch_size, tokenizer.num_codes)
-    if found != (vq.image_size, vq.patch_size, vq.num_codes):
-      raise ValueError(f"config.vq.tokenizer_path={path}: a codebook for image_size, patch_size, num_codes = {found}, "
-                       f"but config.vq has {(vq.image_size, vq.patch_size, vq.num_codes)}")
-    return tokenizer.decode
+    return _kmeans_tokenizer(vq).decode
   if vq.kind == "vqgan":
     check_vqgan_dims(config)
     return VQGANTokenizer(path).decode
