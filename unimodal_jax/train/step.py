@@ -73,9 +73,9 @@ def loss_and_grads(params, batch: PackedBatch, *, model, vocab, z_loss: float, g
     return jax.tree.map(jnp.add, carry, micro_grads(*inputs)), None
 
   micro = microbatches(batch, grad_accum_steps)
-  first = micro_grads(0, jax.tree.map(lambda x: x[0], micro))
-  rest = (jnp.arange(1, grad_accum_steps), jax.tree.map(lambda x: x[1:], micro))
-  (grads, sums), _ = jax.lax.scan(accumulate, first, rest)
+  shapes = jax.eval_shape(micro_grads, 0, jax.tree.map(lambda x: x[0], micro))
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  (grads, sums), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(grad_accum_steps), micro))
   return grads, metrics_from_sums(sums)
 
 
