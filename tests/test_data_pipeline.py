@@ -247,3 +247,47 @@ def test_a_multi_shard_iterator_resumes_from_its_state(shards):
 def test_data_num_shards_must_be_a_multiple_of_the_processes():
   with pytest.raises(config_lib.ConfigError, match="config.data.num_shards: 3"):
     validate_lib.validate(small_config(num_shards=3), num_devices=2, process_count=2)
+
+
+@pytest.mark.parametrize("kind", ["text", "interleaved"])
+def test_document_kinds_keeps_only_that_kind_and_every_document_of_it(shards, kind):
+  kept = {i for i, d in enumerate(RECORDS) if d.kind == kind}
+  assert 0 < len(kept) < NUM_DOCS
+  batches = take(pipeline.make_dataset(small_config(document_kinds=kind), shards), 60)
+  seen = {locate(i, t)[0] for b in batches for i, t in segments(b)}
+  assert seen == kept
+  has_images = any(VOCAB.is_image(b.tokens).any() for b in batches)
+  assert has_images == (kind == "interleaved")
+
+
+def test_a_filtered_stream_resumes_from_every_state(shards):
+  ds = grain.experimental.LimitIterDataset(pipeline.make_dataset(small_config(document_kinds="text"), shards), count=8)
+  grain.experimental.assert_equal_output_after_checkpoint(ds.map(dataclasses.asdict))
+
+
+def test_document_kinds_that_the_sources_lack_raise_naming_the_key(shards):
+  with pytest.raises(ValueError, match=r"data\.document_kinds: 48 records in a row were of other kinds"):
+    take(pipeline.make_dataset(small_config(document_kinds="image_text_pair"), shards), 1)
+
+
+@pytest.mark.parametrize("value", ["txt", "text,text", "text, images"])
+def test_unknown_or_repeated_document_kinds_are_config_errors(value):
+  with pytest.raises(config_lib.ConfigError, match=r"config\.data\.document_kinds"):
+    validate_lib.validate(small_config(document_kinds=value), num_devices=1)
+
+
+def test_image_only_pairs_render_as_unconditional_images(tmp_path):
+  """The image-only recipe of docs/scaling.md: pairs kept, caption first, caption always dropped."""
+  rng = np.random.default_rng(0)
+  pairs = [documents.Document("image_text_pair", (3 + np.arange(5, dtype=np.int32) + 40 * i,
+                                                  rng.integers(0, 16, (GRID, GRID)).astype(np.int32)))
+           for i in range(6)]
+  path = str(tmp_path / "pairs.array_record")
+  documents.write_shards(RECORDS[:6] + pairs, [path])
+  c = small_config(document_kinds="image_text_pair", caption_first_ratio=1.0, cfg_dropout=1.0)
+  batches = take(pipeline.make_dataset(c, [path]), 6)
+  pieces = [(i, t) for b in batches for i, t in segments(b)]
+  assert pieces
+  for inputs, targets in pieces:
+    assert inputs[0] == vocab_lib.BOS_ID and inputs[1] == VOCAB.boi_id and targets[-1] == vocab_lib.EOS_ID
+    assert VOCAB.is_image(inputs[2:-1]).all() and inputs[-1] == VOCAB.eoi_id and len(inputs) == GRID * GRID + 3

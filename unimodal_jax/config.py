@@ -68,6 +68,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.sources = ml_collections.ConfigDict()
   c.data.caption_first_ratio = 0.5  # image_text_pair documents rendered caption -> image, else image -> caption
   c.data.cfg_dropout = 0.0  # caption -> image pairs whose caption becomes the null condition (CM3Leon: 0.1)
+  # Comma-separated document kinds to train and evaluate on ("" = all): "text" for text-only runs; image-only runs
+  # keep "image_text_pair" with caption_first_ratio=1 and cfg_dropout=1 (<bos> <boi> codes <eoi> <eos>).
+  c.data.document_kinds = ""
   c.data.on_bad_record = "raise"  # "raise": stop naming file and record; "skip": log, count, go on
   c.data.max_document_tokens = 1 << 20  # longer documents are bad records
 

@@ -1,5 +1,6 @@
 """Validation of the `config.data` and `config.vocab` keys: sources, formatting, the vocabulary and sequence length."""
 from unimodal_jax.config import ConfigError, check as _check
+from unimodal_jax.data.documents import KINDS
 from unimodal_jax.data.vocab import from_config, image_tokens_per_image
 
 DATA_SOURCES = (
@@ -35,6 +36,10 @@ def check(config) -> None:
          f"{d.on_bad_record!r} is not one of {BAD_RECORD_MODES}")
   for key in ("caption_first_ratio", "cfg_dropout"):
     _check(0.0 <= d[key] <= 1.0, f"data.{key}", f"must be in [0, 1], got {d[key]}")
+  kinds = [k.strip() for k in d.document_kinds.split(",")] if d.document_kinds.strip() else []
+  unknown = [k for k in kinds if k not in KINDS]
+  _check(not unknown, "data.document_kinds", f"{unknown} not in {KINDS} (comma-separated; '' keeps every kind)")
+  _check(len(set(kinds)) == len(kinds), "data.document_kinds", f"names a kind twice: {d.document_kinds!r}")
   _check(d.max_document_tokens >= 3, "data.max_document_tokens", f"must be >= 3, got {d.max_document_tokens}")
   try:
     vocab = from_config(config)

@@ -21,6 +21,13 @@ class Skipped:
   where: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Filtered:
+  """Stands in the document stream for a record of a kind data.document_kinds leaves out: neither packed nor
+  counted as bad."""
+  kind: str
+
+
 def image_spans(tokens: np.ndarray, vocab: vocab_lib.Vocab) -> np.ndarray:
   """[num_images, 2] positions of each image's <boi> and <eoi>; raises if the markers do not pair up."""
   boi = np.flatnonzero(tokens == vocab.boi_id)
@@ -65,6 +72,9 @@ class PackSpec:
   batch_size: int
   loss_weight_text: float = 1.0
   loss_weight_image: float = 1.0
+  # Consecutive `Filtered` records after which the stream is taken to hold no document of the kinds kept
+  # (0: no limit); the pipeline sets it to the number of records of its sources.
+  max_filtered_in_a_row: int = 0
 
 
 class _PackIterator(grain.DatasetIterator):
@@ -83,6 +93,7 @@ class _PackIterator(grain.DatasetIterator):
     self._doc_offset = 0  # index of _pending[0] among the current document's pieces
     self._skip_pieces = 0  # after set_state: pieces of the next document that earlier batches hold
     self._skipped = 0
+    self._filtered_in_a_row = 0
     self._exhausted = False
     self._open_batch()
 
@@ -117,6 +128,14 @@ class _PackIterator(grain.DatasetIterator):
       if isinstance(element, Skipped):
         self._skipped += 1
         continue
+      if isinstance(element, Filtered):
+        self._filtered_in_a_row += 1
+        limit = self._spec.max_filtered_in_a_row
+        if limit and self._filtered_in_a_row >= limit:
+          raise ValueError(f"data.document_kinds: {self._filtered_in_a_row} records in a row were of other kinds "
+                           f"(the last one {element.kind!r}); the sources hold no document of the kinds kept")
+        continue
+      self._filtered_in_a_row = 0
       bounds = piece_bounds(element, self._spec.vocab, self._spec.seq_len)
       self._pending.extend((element, a, b) for a, b in bounds[self._skip_pieces:])
       self._doc_offset, self._skip_pieces = self._skip_pieces, 0

@@ -37,12 +37,15 @@ class RecordLoader:
   task: tasks.TaskSpec
   seed: int
   on_bad_record: str
+  document_kinds: tuple[str, ...]  # the kinds trained on; records of other kinds become `packing.Filtered`
 
   def _tokens(self, record_index: int, epoch: int, record, where: str) -> np.ndarray:
     if isinstance(record, sources_lib.Unreadable):
       raise record.error
     doc = self.parser.document(record, where)
     documents.check_document(doc, self.vocab, self.image_grid, self.max_tokens, where)
+    if doc.kind not in self.document_kinds:
+      return packing.Filtered(doc.kind)
     rng = None
     if doc.kind == "image_text_pair":  # a pair's order and caption dropout are drawn anew each epoch
       rng = np.random.default_rng((self.seed, self.source, record_index, epoch))
@@ -129,10 +132,20 @@ def num_data_shards(config, process_count: int) -> int:
   return shards
 
 
-def pack_spec(config, batch_size: int) -> packing.PackSpec:
+def document_kinds(config) -> tuple[str, ...]:
+  """data.document_kinds as a tuple: the comma-separated kinds kept, every kind when it is empty."""
+  kept = tuple(k.strip() for k in config.data.document_kinds.split(",") if k.strip())
+  return kept or documents.KINDS
+
+
+def pack_spec(config, batch_size: int, num_records: int = 0) -> packing.PackSpec:
+  """`num_records`: of the run's sources, the longest run of records of other kinds tolerated when
+  data.document_kinds filters (one whole pass over them)."""
+  filtering = set(document_kinds(config)) != set(documents.KINDS)
   return packing.PackSpec(vocab=vocab_lib.from_config(config), seq_len=config.data.seq_len, batch_size=batch_size,
                           loss_weight_text=config.data.loss_weight_text,
-                          loss_weight_image=config.data.loss_weight_image)
+                          loss_weight_image=config.data.loss_weight_image,
+                          max_filtered_in_a_row=num_records if filtering else 0)
 
 
 def _shuffle_seed(seed: int, source: int) -> int:
@@ -152,7 +165,8 @@ def documents_dataset(config, sources: Sequence[sources_lib.Source], *, shard: i
     loader = RecordLoader(source=i, num_records=len(source.records), parser=source.parser, vocab=vocab,
                           image_grid=grid, max_tokens=config.data.max_document_tokens,
                           task=tasks.TaskSpec.from_config(config),
-                          seed=config.seed, on_bad_record=config.data.on_bad_record)
+                          seed=config.seed, on_bad_record=config.data.on_bad_record,
+                          document_kinds=document_kinds(config))
     ds = grain.MapDataset.source(source.records).map_with_index(loader)[shard::num_shards]
     if len(ds) == 0:
       raise ValueError(f"data shard {shard} of {num_shards} gets no records from source "
@@ -188,12 +202,14 @@ def shard_dataset(config, paths: Sequence[str] | None, *, shard: int, num_shards
   """Endless PackedBatches of [train.batch_size // num_shards, data.seq_len] from records shard, shard +
   num_shards, ... of every source."""
   batch_size = config.train.batch_size // num_shards
-  ds = documents_dataset(config, sources_lib.from_config(config, paths), shard=shard, num_shards=num_shards)
+  sources = sources_lib.from_config(config, paths)
+  ds = documents_dataset(config, sources, shard=shard, num_shards=num_shards)
   # Not grain's default of 16 threads and 500 buffered records: it rescans that buffer for every record,
   # which costs ~2x the throughput on local disk.
   threads = config.data.read_threads
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=8 * threads))
-  ds = packing.PackIterDataset(ds, pack_spec(config, batch_size))
+  records = sum(len(range(shard, len(s.records), num_shards)) for s in sources)
+  ds = packing.PackIterDataset(ds, pack_spec(config, batch_size, records))
   if config.data.worker_count > 0:
     if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
       flags.FLAGS.mark_as_parsed()
