@@ -110,6 +110,17 @@ def check_spec(spec):
   check(0 < spec.get("cooldown_fraction", 0.2) < 1, "cooldown_fraction", "must be in (0, 1)")
   check(spec.get("steps_multiple", 1) >= 1, "steps_multiple", "must be >= 1")
   check(0 < spec.get("branch_grid", 0.05) <= 0.5, "branch_grid", "must be in (0, 0.5]")
+  for variant, sizes in spec.get("variant_sizes", {}).items():
+    check(variant in spec.variants, f"variant_sizes.{variant}", f"is not one of the variants {sorted(spec.variants)}")
+    check(len(set(sizes)) == len(sizes) > 0, f"variant_sizes.{variant}", f"need distinct size indices, got "
+          f"{tuple(sizes)}")
+  for variant in spec.get("mixed_modal", ()):
+    check(variant in spec.variants, "mixed_modal", f"{variant!r} is not one of the variants {sorted(spec.variants)}")
+
+
+def variant_sizes(spec, variant: str) -> tuple[int, ...]:
+  """The sizes a variant trains: spec.variant_sizes[variant] if given, else spec.sizes."""
+  return tuple(spec.get("variant_sizes", {}).get(variant, spec.sizes))
 
 
 def steps_for(tokens: float, tokens_per_step: int, multiple: int) -> int:
@@ -128,7 +139,7 @@ def plan(spec) -> list[Run]:
   wsd, multiple = spec.get("wsd", True), spec.get("steps_multiple", 1)
   runs = []
   for variant, variant_overrides in sorted(spec.variants.items()):
-    for size in spec.sizes:
+    for size in variant_sizes(spec, variant):
       shape = families.size_rule(spec.family, size)
       overrides = [f"{k}={format_value(v)}" for k, v in shape.items()]
       overrides += list(spec.get("overrides", ())) + list(variant_overrides)
