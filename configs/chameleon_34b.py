@@ -3,8 +3,8 @@
 Same vocabulary, image tokenization, data and optimizer as configs/chameleon_7b.py (splash attention on TPU, full
 remat, chunked loss). Target slice: v5p-512 (256 chips, FSDP over all), 2,048 x 4,096 in one pass:
   unimodal-plan --config configs/chameleon_34b.py --topology v5p-512
-On v5p-256 the batch fits only as 1,024 rows per pass, and 2 microbatches of 1,024 (train.grad_accum_steps=2)
-plan at 110 GiB per chip, over the 95.74 usable (docs/pod_plans.md).
+On v5p-256 the batch fits as 2 microbatches of 1,024 rows: 62.4 GiB of 95.74 per chip (docs/pod_plans.md):
+  unimodal-plan --config configs/chameleon_34b.py --topology v5p-256 --config.train.grad_accum_steps=2
 """
 import os
 

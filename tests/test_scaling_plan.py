@@ -10,6 +10,7 @@ from unimodal_jax.config import ConfigError, load_config_file
 from unimodal_jax.model import flops as flops_lib
 from unimodal_jax.model.transformer import Transformer
 from unimodal_jax.scaling import families, plan
+from unimodal_jax.train import validate
 from unimodal_jax.train.state import init_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,4 +135,35 @@ def test_non_dividing_budgets_snap_branch_points_to_a_grid_and_keep_few_checkpoi
     assert abs(b.num_steps * 512 - tokens) <= (grid / 2 + 2) * 512
   spec.branch_grid = 0.5
   with pytest.raises(ConfigError, match="config.branch_grid: dense size 3: budgets .* snap to the same"):
+    plan.plan(spec)
+
+
+def test_the_demo_cpu_spec_trains_unimodal_variants_at_their_own_sizes_on_filtered_data():
+  spec = plan.load_spec(os.path.join(ROOT, "configs", "sweeps", "demo_cpu.py"))
+  runs = plan.plan(spec)
+  sizes = {v: sorted({r.size for r in runs if r.variant == v}) for v in spec.variants}
+  assert sizes == {"mixed": [0, 1, 2], "text": [0, 2], "image": [0, 2]}
+  assert len(runs) == 3 * (3 + 2 + 2)
+  text = next(r for r in runs if r.variant == "text")
+  assert "data.document_kinds=text" in text.overrides
+  image = next(r for r in runs if r.variant == "image")
+  assert {"data.document_kinds=image_text_pair", "data.cfg_dropout=1.0"} <= set(image.overrides)
+  for r in runs:  # every run's overrides make a valid config (as unimodal-train will validate it)
+    config = load_config_file(spec.base_config)
+    plan.apply_overrides(config, r.overrides)
+    validate.validate(config, num_devices=1)
+
+
+def test_variant_sizes_and_mixed_modal_must_name_variants():
+  spec = plan.load_spec(os.path.join(ROOT, "configs", "sweeps", "demo_cpu.py"))
+  spec.variant_sizes.text = (0, 0)
+  with pytest.raises(ConfigError, match=r"config.variant_sizes.text: need distinct size indices"):
+    plan.plan(spec)
+  spec = plan.load_spec(os.path.join(ROOT, "configs", "sweeps", "demo_cpu.py"))
+  spec.variant_sizes.txt = (0,)
+  with pytest.raises(ConfigError, match=r"config.variant_sizes.txt: is not one of the variants"):
+    plan.plan(spec)
+  spec = plan.load_spec(os.path.join(ROOT, "configs", "sweeps", "demo_cpu.py"))
+  spec.mixed_modal = ("text", "images", "mixed")
+  with pytest.raises(ConfigError, match=r"config.mixed_modal: 'images' is not one of the variants"):
     plan.plan(spec)
