@@ -13,10 +13,17 @@ params and AdamW state, z-loss 1e-5, Adam eps 1e-5, packed inputs with segment i
   F(L) = F(2) + (L - 2) (F(3) - F(2)). Splash kernels are opaque to XLA on both sides: the XLA column leaves them
   out, the total adds the same analytical count (planner.kernel_flops_per_chip) to both.
 
-MaxText needs Python >= 3.12; in the venv of benchmarks/vs_maxtext.py (`pip install "maxtext[tpu]==0.2.4"`, then
-`pip install -e .` of this repository), from the repository root:
-  nice -n 10 /tmp/mt312/bin/python benchmarks/vs_maxtext_aot.py [--topology v5p-256] [--per_device_batch 16]
-Each compile takes minutes on a small host; --maxtext_layers/--skip_ours print partial results.
+MaxText 0.2.4 declares Python >= 3.12 and pins jax/jaxlib >= 0.10.2, libtpu >= 0.0.42.1, the versions of this
+repository's `tpu` extra. Either a Python 3.12 venv (`pip install "maxtext[tpu]==0.2.4"`, then `pip install -e .`),
+or, as recorded in docs/benchmarks.md, this repository's own venv (Python 3.11) with MaxText's source on PYTHONPATH:
+its tag maxtext-v0.2.4 (commit 538fe7a3) with the two PEP 695 `type X = ...` aliases in maxtext/kernels/mhc/
+(unused by llama2) rewritten as plain assignments, and its missing pure-Python dependencies installed with
+`pip install --no-deps --target <site>` (omegaconf, antlr4-python3-runtime==4.9.3, jaxtyping, wadler_lindig, chex,
+aqtp, qwix, tokamax, drjax, einshape, toolz, typeguard==2.13.3, pathwaysutils, fastapi, starlette, uvicorn,
+tiktoken, sentencepiece). From the repository root:
+  DECOUPLE_GCLOUD=TRUE TPU_SKIP_MDS_QUERY=1 PYTHONPATH=<maxtext>/src:<site> \
+    nice -n 10 python benchmarks/vs_maxtext_aot.py [--topology v5p-256] [--per_device_batch 16]
+Each compile takes minutes on a small host.
 """
 import argparse
 import importlib.util
