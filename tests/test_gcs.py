@@ -3,6 +3,7 @@ framework really uses: etils.epath -> fsspec/gcsfs (our files), tensorstore (orb
 GCS reader (training shards). unimodal-tokenize writes document shards to a bucket from tokenizers in the bucket, the
 train loop trains on them with its workdir in the bucket, is preempted and resumes there, and ends bit for bit where an
 uninterrupted local run ends."""
+import json
 import os
 import signal
 import threading
@@ -13,15 +14,18 @@ import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from etils import epath  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from test_checkpointing import assert_bitwise_equal, flat  # noqa: E402
 from test_model import load_config  # noqa: E402
 from test_tokenize import CAPTIONS, tokenizer_dir  # noqa: E402,F401  (a random 16px VQGAN, 4x4 codes of 32)
+from unimodal_jax.cli import sweep as sweep_cli  # noqa: E402
 from unimodal_jax.convert import checkpoint as convert_checkpoint  # noqa: E402
 from unimodal_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from unimodal_jax.data import inputs  # noqa: E402
 from unimodal_jax.ingest import build, encoders  # noqa: E402
+from unimodal_jax.scaling import plan as plan_lib  # noqa: E402
 from unimodal_jax.train import checkpoint, loop, metrics as metrics_lib, vq_loop  # noqa: E402
 from unimodal_jax.vq import weights as vq_weights  # noqa: E402
 
@@ -141,3 +145,37 @@ def test_vq_reconstruction_figure_is_written_to_a_bucket(gcs):
   assert figure.shape == (2 * 2 * 10, 2 * 10, 3)
   np.testing.assert_array_equal(figure[:8, 10:18], originals[1])  # first row: originals 0 and 1
   np.testing.assert_array_equal(figure[10:18, 10:18], 255 - originals[1])  # below them: their reconstructions
+
+
+def test_a_sweep_in_a_bucket_is_collected_fitted_and_plotted_in_place(gcs, tmp_path):
+  """A pod sweep's runs write metrics.jsonl to gs://; collect, fit and plot read and write there, and give what they
+  give for the same files on a local disk. A run without metrics stays in the table, named."""
+  spec = os.path.join(os.path.dirname(__file__), "..", "configs", "sweeps", "tiny.py")
+  runs = plan_lib.plan(plan_lib.load_spec(spec))
+  law = lambda n, d: 1.8 + 300 / n**0.35 + 500 / d**0.3  # noqa: E731
+  for sweep_dir in (f"{BUCKET}/sweep", str(tmp_path / "sweep")):
+    for r in runs[:-1]:  # the last run never wrote its metrics
+      rows = [{"step": r.num_steps // 2, "loss": 5.0, "num_tokens/text": 100.0, "num_tokens/image": 50.0},
+              {"step": r.num_steps, "loss": 3.0, "num_tokens/text": 100.0, "num_tokens/image": 50.0,
+               "eval/loss": law(r.n, r.tokens), "eval/loss/text": law(r.n, r.tokens) + 0.1,
+               "eval/loss/image": law(r.n, r.tokens) - 0.1}]
+      path = epath.Path(sweep_dir) / "runs" / r.name / "metrics.jsonl"
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text("\n".join(map(json.dumps, rows)))
+    for command in (["collect", "--spec", spec], ["fit"], ["plot"]):
+      assert sweep_cli.main([*command, "--sweep_dir", sweep_dir]) == 0
+  assert sweep_cli.main(["launch", "--spec", spec, "--sweep_dir", f"{BUCKET}/sweep"]) == 2  # local runs: local dirs
+  bucket = json.loads(gcs.cat(f"{BUCKET}/sweep/results.json"))
+  local = json.loads((tmp_path / "sweep" / "results.json").read_text())
+  where = lambda points, d: [{**p, "problem": p["problem"].replace(d, "<sweep>")} for p in points]  # noqa: E731
+  assert where(bucket["points"], f"{BUCKET}/sweep") == where(local["points"], str(tmp_path / "sweep"))
+  assert len(bucket["points"]) == len(runs)
+  assert bucket["problems"] == {runs[-1].name: f"missing: no metrics.jsonl in {BUCKET}/sweep/runs/{runs[-1].name}"}
+  assert [p["eval_loss"] for p in bucket["points"][:-1]] == pytest.approx([law(r.n, r.tokens) for r in runs[:-1]])
+  assert (gcs.cat(f"{BUCKET}/sweep/results.csv").decode().replace(f"{BUCKET}/sweep", "<sweep>")
+          == (tmp_path / "sweep" / "results.csv").read_bytes().decode().replace(str(tmp_path / "sweep"), "<sweep>"))
+  assert (json.loads(gcs.cat(f"{BUCKET}/sweep/fits.json").decode().replace(f"{BUCKET}/sweep", "<sweep>"))
+          == json.loads((tmp_path / "sweep" / "fits.json").read_text().replace(str(tmp_path / "sweep"), "<sweep>")))
+  pngs = sorted(os.path.basename(p) for p in gcs.glob(f"{BUCKET}/sweep/plots/*.png"))
+  assert pngs and pngs == sorted(os.listdir(tmp_path / "sweep" / "plots"))
+  assert Image.open(gcs.open(f"{BUCKET}/sweep/plots/{pngs[0]}")).size[0] > 100

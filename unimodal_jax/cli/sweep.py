@@ -16,6 +16,8 @@ import json
 import os
 import sys
 
+from etils import epath
+
 # The fits call L-BFGS-B on 5 parameters thousands of times; OpenBLAS threads spinning on a busy machine make that
 # ~10x slower. Set before numpy is imported.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -124,6 +126,9 @@ def cmd_launch(args, spec, runs):
   if args.backend != "local":
     return cmd_pods(args, spec, runs)
   backend = launch.local_backend
+  if "://" in args.sweep_dir:
+    raise ValueError(f"--sweep_dir {args.sweep_dir}: the local backend writes local run directories; a bucket sweep "
+                     "runs on pods (--backend tpu_vm|xpk)")
   sweep_dir = os.path.abspath(args.sweep_dir)
   if args.dry_run:
     print(launch.dry_run(runs, spec.base_config, sweep_dir, backend))
@@ -137,6 +142,11 @@ def cmd_launch(args, spec, runs):
   return 1 if failed else 0
 
 
+def sweep_path(sweep_dir: str) -> str:
+  """A bucket path as given (collect, fit and plot read and write gs:// sweeps in place), a local one absolute."""
+  return sweep_dir if "://" in sweep_dir else os.path.abspath(sweep_dir)
+
+
 def meta(spec) -> dict:
   out = {"spec": spec.name, "budget_kind": spec.budget_kind, "base_config": spec.base_config}
   if spec.get("mixed_modal"):
@@ -146,8 +156,8 @@ def meta(spec) -> dict:
 
 
 def cmd_collect(args, spec, runs):
-  points = collect.collect(runs, os.path.abspath(args.sweep_dir))
-  paths = collect.write(points, args.sweep_dir, meta(spec))
+  points = collect.collect(runs, sweep_path(args.sweep_dir))
+  paths = collect.write(points, sweep_path(args.sweep_dir), meta(spec))
   ok = sum(p["status"] == "ok" for p in points)
   print(f"{ok}/{len(points)} points; wrote {paths[0]} and {paths[1]}")
   for p in points:
@@ -157,20 +167,19 @@ def cmd_collect(args, spec, runs):
 
 def cmd_fit(args):
   report = analysis.analyse(collect.read(args.sweep_dir), bootstrap=args.bootstrap, seed=args.seed)
-  path = os.path.join(args.sweep_dir, FITS_JSON)
-  with open(path, "w") as f:
-    json.dump(report, f, indent=1)
+  path = epath.Path(sweep_path(args.sweep_dir)) / FITS_JSON
+  path.write_text(json.dumps(report, indent=1))
   print(analysis.summary(report))
   print(f"wrote {path}")
 
 
 def cmd_plot(args):
-  path = os.path.join(args.sweep_dir, FITS_JSON)
-  if not os.path.exists(path):
+  sweep_dir = sweep_path(args.sweep_dir)
+  path = epath.Path(sweep_dir) / FITS_JSON
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: run `unimodal-sweep fit` first")
-  with open(path) as f:
-    report = json.load(f)
-  for p in plots.plot_all(collect.read(args.sweep_dir), report, os.path.join(args.sweep_dir, plots.PLOTS_DIR)):
+  report = json.loads(path.read_text())
+  for p in plots.plot_all(collect.read(sweep_dir), report, os.path.join(sweep_dir, plots.PLOTS_DIR)):
     print(f"wrote {p}")
 
 
@@ -201,7 +210,7 @@ def main(argv=None) -> int:
     spec = plan_lib.load_spec(args.spec)
     runs = plan_lib.plan(spec)
     if args.command == "status":
-      print(launch.status_table(runs, args.sweep_dir if "://" in args.sweep_dir else os.path.abspath(args.sweep_dir)))
+      print(launch.status_table(runs, sweep_path(args.sweep_dir)))
       return 0
     return {"plan": cmd_plan, "launch": cmd_launch, "collect": cmd_collect}[args.command](args, spec, runs) or 0
   except (ConfigError, FileNotFoundError, ValueError) as e:  # LaunchError is a ValueError

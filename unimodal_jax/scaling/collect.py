@@ -1,10 +1,14 @@
 """One table of a sweep's points from its runs' metrics.jsonl: held-out loss overall and per modality at the last
-step, tokens (per modality too), FLOPs and parameter counts; runs that diverged or did not finish are named."""
+step, tokens (per modality too), FLOPs and parameter counts; runs that diverged or did not finish are named. Paths
+go through etils.epath, so a pod sweep is collected from its gs:// directory as it stands."""
 import csv
 import dataclasses
 import json
+import io
 import math
 import os
+
+from etils import epath
 
 from unimodal_jax.scaling import plan as plan_lib
 
@@ -14,20 +18,20 @@ RESULTS_JSON = "results.json"
 MODALITIES = ("text", "image")
 
 
-def read_rows(path: str) -> dict[int, dict]:
+def read_rows(path: str | epath.Path) -> dict[int, dict]:
   """metrics.jsonl by step; a resumed run rewrites the steps after its checkpoint, and the last write wins."""
   rows = {}
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return rows
-  with open(path) as f:
-    for i, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {i}: not JSON ({e})") from None
-      rows.setdefault(int(row["step"]), {}).update(row)
+  for i, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path} line {i}: not JSON ({e})") from None
+    rows.setdefault(int(row["step"]), {}).update(row)
   return rows
 
 
@@ -45,14 +49,14 @@ def nonfinite_step(rows: dict[int, dict]) -> int | None:
 
 
 def point(run: plan_lib.Run, sweep_dir: str, runs_by_name: dict) -> dict:
-  rows = read_rows(os.path.join(run.workdir(sweep_dir), METRICS_FILE))
+  rows = read_rows(epath.Path(run.workdir(sweep_dir)) / METRICS_FILE)
   record = {"name": run.name, "variant": run.variant, "size": run.size, "budget": run.budget, "N": run.n,
             **{f"params_{k}": v for k, v in dataclasses.asdict(run.params).items()},
             "tokens": run.tokens, "flops": run.point_flops, "num_steps": run.num_steps,
             "branch_of": run.depends_on}
   tokens = modality_tokens(rows, run.num_steps)
   if run.depends_on:  # the stable part was trained by the parent
-    parent = read_rows(os.path.join(runs_by_name[run.depends_on].workdir(sweep_dir), METRICS_FILE))
+    parent = read_rows(epath.Path(runs_by_name[run.depends_on].workdir(sweep_dir)) / METRICS_FILE)
     tokens = {m: tokens[m] + v for m, v in modality_tokens(parent, run.branch_step).items()}
   record.update({f"tokens_{m}": v for m, v in tokens.items()})
   final = rows.get(run.num_steps, {})
@@ -79,20 +83,20 @@ def collect(runs, sweep_dir: str) -> list[dict]:
 
 def write(points: list[dict], sweep_dir: str, meta: dict) -> tuple[str, str]:
   """results.csv (one row per point) and results.json ({meta, points, problems})."""
-  csv_path, json_path = os.path.join(sweep_dir, RESULTS_CSV), os.path.join(sweep_dir, RESULTS_JSON)
-  with open(csv_path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(points[0]))
-    writer.writeheader()
-    writer.writerows(points)
+  csv_path, json_path = epath.Path(sweep_dir) / RESULTS_CSV, epath.Path(sweep_dir) / RESULTS_JSON
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=list(points[0]))
+  writer.writeheader()
+  writer.writerows(points)
+  csv_path.parent.mkdir(parents=True, exist_ok=True)
+  csv_path.write_text(table.getvalue())
   problems = {p["name"]: f"{p['status']}: {p['problem']}" for p in points if p["status"] != "ok"}
-  with open(json_path, "w") as f:
-    json.dump({"meta": meta, "points": points, "problems": problems}, f, indent=1)
-  return csv_path, json_path
+  json_path.write_text(json.dumps({"meta": meta, "points": points, "problems": problems}, indent=1))
+  return os.fspath(csv_path), os.fspath(json_path)
 
 
 def read(sweep_dir: str) -> dict:
-  path = os.path.join(sweep_dir, RESULTS_JSON)
-  if not os.path.exists(path):
+  path = epath.Path(sweep_dir) / RESULTS_JSON
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: run `unimodal-sweep collect` first")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())

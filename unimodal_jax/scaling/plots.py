@@ -1,6 +1,7 @@
 """PNG plots of a sweep: loss vs FLOPs with the fitted compute-optimal frontier, isoFLOP (or iso-ratio) curves with
 their minima, and predicted vs measured loss with the held-out size marked; one panel per loss (overall, text, image).
 """
+import io
 import os
 
 import matplotlib
@@ -8,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (backend chosen first)
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
 from unimodal_jax.scaling import analysis, fit as fit_lib  # noqa: E402
 
@@ -92,13 +94,16 @@ def predicted_vs_measured(points, report, variant, path):
 
 
 def _save(fig, path):
+  """PNG bytes written through epath (local or gs://)."""
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=100)
   plt.close(fig)
+  epath.Path(path).write_bytes(png.getvalue())
 
 
 def plot_all(results: dict, report: dict, out_dir: str) -> list[str]:
-  os.makedirs(out_dir, exist_ok=True)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   points, kind = results["points"], results["meta"]["budget_kind"]
   written = []
   for variant in report["variants"]:
