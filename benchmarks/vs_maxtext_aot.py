@@ -16,7 +16,8 @@ params and AdamW state, z-loss 1e-5, Adam eps 1e-5, packed inputs with segment i
 MaxText 0.2.4 declares Python >= 3.12 and pins jax/jaxlib >= 0.10.2, libtpu >= 0.0.42.1, the versions of this
 repository's `tpu` extra. Either a Python 3.12 venv (`pip install "maxtext[tpu]==0.2.4"`, then `pip install -e .`),
 or, as recorded in docs/benchmarks.md, this repository's own venv (Python 3.11) with MaxText's source on PYTHONPATH:
-its tag maxtext-v0.2.4 (commit 538fe7a3) with the two PEP 695 `type X = ...` aliases in maxtext/kernels/mhc/
+the PyPI wheel unzipped (`pip download --no-deps --only-binary=:all: --python-version 3.12 maxtext==0.2.4`, the
+source of tag maxtext-v0.2.4) with the two PEP 695 `type X = ...` aliases in maxtext/kernels/mhc/{common,api}.py
 (unused by llama2) rewritten as plain assignments, and its missing pure-Python dependencies installed with
 `pip install --no-deps --target <site>` (omegaconf, antlr4-python3-runtime==4.9.3, jaxtyping, wadler_lindig, chex,
 aqtp, qwix, tokamax, drjax, einshape, toolz, typeguard==2.13.3, pathwaysutils, fastapi, starlette, uvicorn,
