@@ -85,12 +85,22 @@ def test_dry_run_prints_the_commands_in_launch_order(tmp_path):
   runs = plan.plan(plan.load_spec(spec))
   train = os.path.join(os.path.dirname(sys.executable), "unimodal-train")
   expected = []
-  for r in runs:
+  for r in launch.launch_order(runs):
     if r.depends_on:
       expected.append(f"# {r.name}: waits for {sweep_dir}/runs/{r.depends_on}/checkpoints/{r.branch_step}")
     expected.append(shlex.join([train, *r.train_args(os.path.join(ROOT, "configs", "tiny.py"), sweep_dir)]))
   assert lines == expected
   assert not os.path.exists(sweep_dir)  # nothing ran
+
+
+def test_the_large_stable_runs_start_first():
+  """On 2 cores the demo sweep's makespan is its three largest stable runs: they must not queue behind small runs."""
+  runs = plan.plan(plan.load_spec(os.path.join(ROOT, "configs", "sweeps", "demo_cpu.py")))
+  order = [r.name for r in launch.launch_order(runs)]
+  assert order[:3] == ["image_s2_r4", "mixed_s2_r4", "text_s2_r4"]
+  assert sorted(order) == sorted(r.name for r in runs)
+  costs = [r.run_flops for r in launch.launch_order(runs)]
+  assert costs == sorted(costs, reverse=True)
 
 
 @pytest.mark.parametrize("command", ["plan", "launch", "status", "collect", "fit", "plot"])

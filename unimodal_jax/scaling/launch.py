@@ -95,8 +95,14 @@ def status_table(runs, sweep_dir: str) -> str:
   return "\n".join(lines)
 
 
+def launch_order(runs) -> list[plan_lib.Run]:
+  """Costliest first (longest-processing-time scheduling): the large stable runs, which their branches wait for, do
+  not queue behind small ones. Among equal costs, plan order."""
+  return sorted(runs, key=lambda r: -r.run_flops)
+
+
 def commands(runs, base_config: str, sweep_dir: str, backend: Backend) -> list[tuple[plan_lib.Run, list[str]]]:
-  return [(r, backend(r.train_args(base_config, sweep_dir))) for r in runs]
+  return [(r, backend(r.train_args(base_config, sweep_dir))) for r in launch_order(runs)]
 
 
 def dry_run(runs, base_config: str, sweep_dir: str, backend: Backend) -> str:
@@ -124,9 +130,10 @@ def blocked(run, sweep_dir: str, finished: set, failed: set) -> str:
 
 def launch(runs, base_config: str, sweep_dir: str, backend: Backend = local_backend, *, parallel: int = 1,
            retries: int = 1, env: dict | None = None, poll_s: float = 1.0, log=print) -> dict:
-  """Run every run that is not done; returns {run name: final state}. Blocks until all end."""
+  """Run every run that is not done, the costliest ready one first (launch_order); returns {run name: final state}.
+  Blocks until all end."""
   env = local_env() if env is None else env
-  pending = {r.name: r for r in runs}
+  pending = {r.name: r for r in launch_order(runs)}
   running, finished, failed = {}, set(), set()
   for r in runs:
     s = run_state(r, sweep_dir, retries)
