@@ -65,6 +65,22 @@ def test_state_is_that_of_the_consumed_batch_while_the_thread_reads_ahead(datase
   assert_same_batch(next(resumed), reference[TAKEN])
 
 
+@pytest.mark.parametrize("buffer_size", [0, BUFFER])
+def test_the_thread_reads_at_most_the_buffer_ahead(dataset, buffer_size):
+  """With prefetch_batches=0 nothing reads ahead (Grain's size-0 buffer is an unbounded queue: a started thread
+  placed every batch of the endless stream on the devices until the host ran out of memory)."""
+  placed = []
+  it = prefetch.device_batches(dataset, lambda batch: placed.append(batch) or batch, buffer_size)
+  prefetch.start(it, buffer_size)
+  for _ in range(TAKEN):
+    next(it)
+  if buffer_size:
+    wait_until(lambda: len(placed) >= TAKEN + buffer_size)
+  time.sleep(1.0)  # time enough for an unbounded thread to read hundreds of batches
+  assert TAKEN + buffer_size <= len(placed) <= TAKEN + buffer_size + 1  # + the one waiting for a free slot
+  it.close()
+
+
 def test_set_state_drops_the_batches_read_ahead(dataset):
   """What restoring into a running iterator (a checkpoint fallback) relies on."""
   reference = host_batches(dataset, TAKEN + 2)

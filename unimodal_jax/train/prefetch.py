@@ -52,3 +52,11 @@ def device_batches(dataset: grain.IterDataset, place, buffer_size: int) -> grain
   """
   prefetched = grain.experimental.ThreadPrefetchIterDataset(_Place(dataset, place), prefetch_buffer_size=buffer_size)
   return prefetched.__iter__()
+
+
+def start(iterator: grain.DatasetIterator, buffer_size: int):
+  """Start reading ahead now (e.g. while the steps compile) when `buffer_size` > 0. With 0 nothing may read ahead:
+  Grain's buffer of size 0 is an unbounded queue, so a started thread would place the whole (endless) stream on the
+  devices, ~2,500 batches per step, until the host runs out of memory."""
+  if buffer_size > 0:
+    iterator.start_prefetch()
