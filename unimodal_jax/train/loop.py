@@ -157,7 +157,7 @@ def train(config, workdir: str, on_step=None) -> dict:
   tx = state_lib.make_optimizer(config.optim, t.num_steps)
   manager = checkpoint.make_manager(workdir, t)
   state, abstract = initial_state(config, manager, data_iter, model=model, tx=tx, mesh=mesh, rules=rules)
-  prefetch.start(data_iter, t.prefetch_batches)  # the first batches are read and placed while the steps compile
+  data_iter.start_prefetch()  # the first batches are read and placed while the steps compile
   train_step, eval_step, compile_s = compile_steps(config, abstract, mesh, rules, with_eval=bool(eval_paths),
                                                    model=model, tx=tx, vocab=vocab, schedule=schedule)
   print(progress.compile_line(compile_s), flush=True)

@@ -47,16 +47,14 @@ def device_batches(dataset: grain.IterDataset, place, buffer_size: int) -> grain
   """An iterator of (place(batch), bad records so far) over `dataset`, whose iterators count `bad_records`.
 
   With buffer_size > 0 a thread keeps up to `buffer_size` placed batches ready (Grain's ThreadPrefetchIterDataset
-  records the state after each batch it buffers and hands it out with the batch); 0 reads in the caller's thread.
-  Its get_state/set_state are those of the data pipeline itself, so checkpoints do not depend on buffer_size.
+  records the state after each batch it buffers and hands it out with the batch); 0 reads in the caller's thread,
+  with no thread at all: Grain's buffer of size 0 is an unbounded queue, and its checkpoint restore starts the
+  thread, which then placed the whole endless stream on the devices (~2,500 batches per step) until the host ran
+  out of memory. Its get_state/set_state are those of the data pipeline itself, so checkpoints do not depend on
+  buffer_size.
   """
-  prefetched = grain.experimental.ThreadPrefetchIterDataset(_Place(dataset, place), prefetch_buffer_size=buffer_size)
-  return prefetched.__iter__()
+  placed = _Place(dataset, place)
+  if buffer_size == 0:
+    return placed.__iter__()
+  return grain.experimental.ThreadPrefetchIterDataset(placed, prefetch_buffer_size=buffer_size).__iter__()
 
-
-def start(iterator: grain.DatasetIterator, buffer_size: int):
-  """Start reading ahead now (e.g. while the steps compile) when `buffer_size` > 0. With 0 nothing may read ahead:
-  Grain's buffer of size 0 is an unbounded queue, so a started thread would place the whole (endless) stream on the
-  devices, ~2,500 batches per step, until the host runs out of memory."""
-  if buffer_size > 0:
-    iterator.start_prefetch()
