@@ -1,5 +1,6 @@
 """The CPU sweep of docs/scaling.md: 3 sizes x 3 token budgets on the embedded data, mixed (every document kind),
-text-only and image-only, the unimodal variants at the smallest and largest size; ~25 minutes on 2 cores.
+text-only and image-only, the unimodal variants at the smallest and largest size; ~40 minutes on 2 cores
+(docs/scaling.md: its table, fits and plots).
 
   unimodal-sweep plan   --spec configs/sweeps/demo_cpu.py
   unimodal-sweep launch --spec configs/sweeps/demo_cpu.py --sweep_dir runs/sweep_demo_cpu --parallel 2
