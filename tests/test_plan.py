@@ -90,6 +90,25 @@ def test_flops_per_step_count_every_scanned_layer(devices, compiled):
   assert compiled.cost_analysis()["flops"] < expected_per_chip / 3
 
 
+def test_flops_per_step_count_every_chunk_of_the_chunked_loss(devices):
+  """The chunked loss is two loops XLA counts for one chunk each; the plan counts all 4 chunks: the unchunked
+  step's FLOPs plus the backward pass's recompute of the logits (one more head matmul), at any chunk size."""
+  config = tpu_shaped_tiny(num_layers=2)
+  tokens, m = config.train.batch_size * config.data.seq_len, config.model
+  head_forward = 2 * tokens * m.embed_dim * m.vocab_size / CHIPS
+  unchunked = plan.flops_per_chip(config, devices)
+  for chunk in (32, 64):
+    config.model.loss_chunk_size = chunk
+    assert plan.flops_per_chip(config, devices) - unchunked == pytest.approx(head_forward, rel=0.05), chunk
+
+
+def test_another_loss_chunk_size_for_counting_is_the_nearest_divisor():
+  assert plan.other_loss_chunk_size(4096, 512) == 256
+  assert plan.other_loss_chunk_size(96, 32) == 24
+  with pytest.raises(ValueError, match="model.loss_chunk_size"):
+    plan.other_loss_chunk_size(7, 1)
+
+
 def test_splash_attention_compiles_inside_the_train_step(devices):
   config = tpu_shaped_tiny(num_layers=2)
   config.model.attention, config.model.remat_policy = "splash", "full"

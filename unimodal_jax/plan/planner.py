@@ -94,20 +94,38 @@ def flops_per_chip(config, devices) -> float:
   affine in the rows, so F is extrapolated linearly to the real rows per shard. They compile without
   gradient accumulation, whose microbatch loop XLA would also count once: accumulating changes only a few
   gradient additions per parameter, not the forward/backward or the optimizer work of the whole batch.
+  The chunked loss (`model.loss_chunk_size`) is two more loops, forward and backward, each counted for one chunk:
+  a compile with another chunk size gives the cost per position of both, and the other seq_len - chunk positions
+  are added.
   """
   data, fsdp, _ = validate_lib.validate(config, len(devices))
 
-  def flops(num_layers: int, rows: int) -> float:
-    variant = with_overrides(config, model={"num_layers": num_layers},
+  chunk, seq_len = config.model.loss_chunk_size, config.data.seq_len
+
+  def flops(num_layers: int, rows: int, loss_chunk_size: int = chunk) -> float:
+    variant = with_overrides(config, model={"num_layers": num_layers, "loss_chunk_size": loss_chunk_size},
                              train={"batch_size": rows * data * fsdp, "grad_accum_steps": 1})
     return compile_train_step(variant, devices).cost_analysis()["flops"]
 
   f = {(n, rows): flops(n, rows) for n, rows in ((0, 1), (0, 2), (2, 1), (2, 2), (3, 1))}
   b = f[3, 1] - f[2, 1]
   at_rows = {rows: f[0, rows] + config.model.num_layers * (f[2, rows] - f[0, rows] - b) for rows in (1, 2)}
+  if 0 < chunk < seq_len:  # the loss's loops counted one chunk: add the other positions
+    other = other_loss_chunk_size(seq_len, chunk)
+    for rows in (1, 2):
+      at_rows[rows] += (seq_len - chunk) * (f[0, rows] - flops(0, rows, other)) / (chunk - other)
   rows = config.train.batch_size // (data * fsdp)
   xla = at_rows[1] + (rows - 1) * (at_rows[2] - at_rows[1])
   return xla + kernel_flops_per_chip(config, devices)
+
+
+def other_loss_chunk_size(seq_len: int, chunk: int) -> int:
+  """The divisor of seq_len nearest `chunk` (and smaller on a tie) that still makes more than one chunk."""
+  sizes = [d for d in range(1, seq_len) if seq_len % d == 0 and d != chunk]
+  if not sizes:
+    raise ValueError(f"model.loss_chunk_size={chunk}: no other chunk size divides data.seq_len={seq_len} into "
+                     "several chunks, which counting the chunked loss's FLOPs needs; use 0 (off) or another size")
+  return min(sizes, key=lambda d: (abs(d - chunk), d))
 
 
 def memory_from_depths(memories: dict, num_layers: int) -> Memory:
