@@ -54,6 +54,9 @@ def test_demo_run_samples_during_training_and_through_the_cli(tmp_path):
   assert (workdir / "samples" / "step_2.txt").read_text().count(f"[{PROMPT}] <image>") == 2
   # tensorboardX files a text summary under "<tag>/text_summary"
   assert {"samples/images", "samples/text/text_summary"} <= tensorboard_tags(workdir / "tensorboard")
+  # the samples and the metrics in two event files: opened in the same second they shared one and corrupted it
+  names = os.listdir(workdir / "tensorboard")
+  assert len(names) == 2 and sum(n.endswith(".samples") for n in names) == 1, names
 
   stdout = run(command("unimodal-sample", f"--workdir={workdir}", f"--prompt={PROMPT}", "--mode=image", "--cfg=3.0",
                        "--num_samples=3", "--seed=0", f"--out_dir={out_dir}"))

@@ -12,6 +12,7 @@ from unimodal_jax.sample import checks, decode, images as images_lib, text as te
 from unimodal_jax.vq import codes as codes_lib
 
 SAMPLES_DIR = "samples"
+SAMPLES_EVENTS_SUFFIX = ".samples"  # the TensorBoard event file of the samples: events.out.tfevents.<time>.<host>.samples
 
 
 def options(sample_config, mode: str | None = None) -> decode.Options:
@@ -72,7 +73,10 @@ class PeriodicSamples:
     g = grid_size(c)
     sampler = decode.Sampler(c.model, vocab, g[0] * g[1], mesh_lib.create_mesh(c.mesh), mesh_lib.axis_rules(c))
     decoder = image_codec(c, self.workdir)[1] if c.sample.mode != "text" else None
-    tb = SummaryWriter(str(epath.Path(self.workdir) / "tensorboard")) if jax.process_index() == 0 else None
+    # its own file: tensorboardX names event files by the second, and the metrics writer opened in the same
+    # second would share (and corrupt) one file
+    tb = (SummaryWriter(str(epath.Path(self.workdir) / "tensorboard"), filename_suffix=SAMPLES_EVENTS_SUFFIX)
+          if jax.process_index() == 0 else None)
     return vocab, text_lib.TextCodec.for_run(path, vocab), sampler, decoder, tb
 
   def __call__(self, step: int, params) -> None:
