@@ -12,7 +12,7 @@ from unimodal_jax.sample import checks, decode, images as images_lib, text as te
 from unimodal_jax.vq import codes as codes_lib
 
 SAMPLES_DIR = "samples"
-SAMPLES_EVENTS_SUFFIX = ".samples"  # the TensorBoard event file of the samples: events.out.tfevents.<time>.<host>.samples
+SAMPLES_EVENTS_SUFFIX = ".samples"  # the TensorBoard event file of the samples: events.out.tfevents.<time>.<host><this>
 
 
 def options(sample_config, mode: str | None = None) -> decode.Options:
