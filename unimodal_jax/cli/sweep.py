@@ -156,8 +156,9 @@ def meta(spec) -> dict:
 
 
 def cmd_collect(args, spec, runs):
-  points = collect.collect(runs, sweep_path(args.sweep_dir))
-  paths = collect.write(points, sweep_path(args.sweep_dir), meta(spec))
+  sweep_dir = sweep_path(args.sweep_dir)
+  points = collect.collect(runs, sweep_dir)
+  paths = collect.write(points, sweep_dir, meta(spec))
   ok = sum(p["status"] == "ok" for p in points)
   print(f"{ok}/{len(points)} points; wrote {paths[0]} and {paths[1]}")
   for p in points:
@@ -166,8 +167,9 @@ def cmd_collect(args, spec, runs):
 
 
 def cmd_fit(args):
-  report = analysis.analyse(collect.read(args.sweep_dir), bootstrap=args.bootstrap, seed=args.seed)
-  path = epath.Path(sweep_path(args.sweep_dir)) / FITS_JSON
+  sweep_dir = sweep_path(args.sweep_dir)
+  report = analysis.analyse(collect.read(sweep_dir), bootstrap=args.bootstrap, seed=args.seed)
+  path = epath.Path(sweep_dir) / FITS_JSON
   path.write_text(json.dumps(report, indent=1))
   print(analysis.summary(report))
   print(f"wrote {path}")

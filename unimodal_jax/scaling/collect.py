@@ -3,8 +3,8 @@ step, tokens (per modality too), FLOPs and parameter counts; runs that diverged 
 go through etils.epath, so a pod sweep is collected from its gs:// directory as it stands."""
 import csv
 import dataclasses
-import json
 import io
+import json
 import math
 import os
 
