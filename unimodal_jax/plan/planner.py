@@ -96,7 +96,8 @@ def flops_per_chip(config, devices) -> float:
   gradient additions per parameter, not the forward/backward or the optimizer work of the whole batch.
   The chunked loss (`model.loss_chunk_size`) is two more loops, forward and backward, each counted for one chunk:
   a compile with another chunk size gives the cost per position of both, and the other seq_len - chunk positions
-  are added.
+  are added. (A trip's fixed cost, the head gradient's running sum, stays counted once: embed x vocab additions
+  per chunk, under 1 / (2 rows x chunk) of a chunk's matmuls.)
   """
   data, fsdp, _ = validate_lib.validate(config, len(devices))
 
